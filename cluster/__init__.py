@@ -1,0 +1,1 @@
+"""Where a run executes: the embedded local Ray or an existing cluster."""

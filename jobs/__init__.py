@@ -1,0 +1,1 @@
+"""How work is launched: the `render` command line."""

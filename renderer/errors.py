@@ -1,0 +1,32 @@
+"""Errors that decide a row's or a run's fate."""
+
+
+class TableError(Exception):
+    """A table-level problem: nothing is rendered and the CLI exits 2."""
+
+
+class RowRejected(Exception):
+    """A row whose input breaks a rule: recorded as `rejected`, never retried.
+
+    The message always names the column, the offending value and the rule.
+    """
+
+    def __init__(self, column: str, value, rule: str):
+        self.column = column
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{column}={_show(value)}: {rule}")
+
+    def __reduce__(self):  # crosses process boundaries (actor -> driver) intact
+        return type(self), (self.column, self.value, self.rule)
+
+
+class BadOutput(Exception):
+    """The pipeline produced frames that must never be committed (NaN, all black)."""
+
+
+def _show(value) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,45 @@
+"""AnimateDiff: text to video with a motion adapter on a Stable Diffusion 1.5 UNet."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Defaults, Family, Param
+from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
+
+
+@dataclass(frozen=True)
+class AnimateDiff(Family):
+    def components(self, size):
+        from diffusers import MotionAdapter
+
+        tokenizer = clip_tokenizer()
+        if size == "tiny":
+            adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2,
+                                    motion_norm_num_groups=2, motion_num_attention_heads=4)
+        else:  # guoyww/animatediff-motion-adapter-v1-5-2
+            adapter = MotionAdapter()
+        # the scheduler the AnimateDiff guide pairs with SD1.5
+        ddim = scheduler("DDIMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
+                         clip_sample=False, timestep_spacing="linspace", steps_offset=1)
+        return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
+                    unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
+
+    def pipeline_kwargs(self, request, image):
+        params = {k: v for k, v in request.params.items() if k != "scheduler"}
+        return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
+                    height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
+                    guidance_scale=request.guidance_scale, **params)
+
+
+ANIMATEDIFF = AnimateDiff(
+    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16,
+    defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
+    tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
+    params={
+        "eta": Param(float, "DDIM eta", minimum=0.0, maximum=1.0),
+        "clip_skip": Param(int, "CLIP layers to skip", minimum=0),
+        "decode_chunk_size": Param(int, "frames the VAE decodes at once", minimum=1),
+    },
+    schedulers=("ddim", "euler", "euler_ancestral", "dpm++", "pndm"),
+    checkpoints=("guoyww/animatediff-motion-adapter-v1-5-2 on runwayml/stable-diffusion-v1-5 (saved as one AnimateDiffPipeline folder)",),
+)

@@ -1,0 +1,114 @@
+"""Pipeline components shared by several families, in two sizes.
+
+`tiny` parts are small enough to render a video on a CPU in well under a second; `full` parts are the
+published architectures (Stable Diffusion 1.5, CLIP ViT-L/14 and ViT-H/14) with random weights, so
+a benchmark on them costs the real FLOPs and memory. No weights or tokenizer files are downloaded:
+the tokenizer is a byte-level CLIP BPE without merges, built in memory.
+"""
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def seeded_build(device: str, seed: int = 0):
+    """Build modules directly on `device` with reproducible random weights, leaving global RNG alone."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        yield
+
+
+def scheduler(class_name: str, **config):
+    """A diffusers scheduler, always on the CPU (its tables are tiny; the pipeline moves what it needs)."""
+    import diffusers
+    import torch
+
+    with torch.device("cpu"):
+        return getattr(diffusers, class_name)(**config)
+
+
+def place(pipeline, device: str, dtype):
+    """Move a built pipeline; float32 stays as built (a dtype cast there only adds diffusers warnings)."""
+    import torch
+
+    return pipeline.to(device) if dtype == torch.float32 else pipeline.to(device=device, dtype=dtype)
+
+
+def _byte_alphabet() -> list[str]:
+    # GPT-2/CLIP byte-to-unicode table: every byte gets a printable character
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    codes = printable + [256 + i for i in range(len(extra))]
+    return [chr(c) for c in codes]
+
+
+def clip_tokenizer():
+    """A working CLIP tokenizer over single bytes (514 tokens): any text encodes, nothing is fetched."""
+    from transformers import CLIPTokenizer
+
+    chars = _byte_alphabet()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def clip_text_encoder(size: str, tokenizer):
+    """CLIP text model: tiny, or ViT-L/14 (Stable Diffusion 1.5's text encoder)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if size == "tiny":
+        config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
+                                vocab_size=1000, projection_dim=32, **ids)
+    else:
+        config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                                vocab_size=49408, projection_dim=768, hidden_act="quick_gelu", **ids)
+    return CLIPTextModel(config)
+
+
+def clip_image_encoder(size: str):
+    """CLIP vision model with projection: tiny (224 px input, as SVD resizes to 224), or ViT-H/14."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if size == "tiny":
+        config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                  image_size=224, patch_size=32, projection_dim=32)
+    else:
+        config = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
+                                  image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+    return CLIPVisionModelWithProjection(config)
+
+
+def clip_image_processor():
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=224, size=224)
+
+
+def sd_vae(size: str):
+    """Stable Diffusion's image VAE (4 blocks, 8x downsampling) in either size."""
+    from diffusers import AutoencoderKL
+
+    four = ["DownEncoderBlock2D"] * 4, ["UpDecoderBlock2D"] * 4
+    if size == "tiny":
+        return AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=four[0], up_block_types=four[1],
+                             layers_per_block=1, latent_channels=4, norm_num_groups=4)
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=four[0], up_block_types=four[1],
+                         layers_per_block=2, latent_channels=4, sample_size=512)
+
+
+def sd15_unet(size: str, in_channels: int = 4):
+    """Stable Diffusion 1.5's UNet2DConditionModel, or a tiny one of the same layout."""
+    from diffusers import UNet2DConditionModel
+
+    if size == "tiny":
+        return UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                                    in_channels=in_channels, out_channels=4, norm_num_groups=2, cross_attention_dim=32,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    return UNet2DConditionModel(sample_size=64, in_channels=in_channels, out_channels=4, cross_attention_dim=768,
+                                attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)

@@ -1,0 +1,85 @@
+"""The metadata table: one record per input id, rewritten atomically, and what resume trusts."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .paths import METADATA_FILE, commit, temp_path_for
+from .request import RenderRequest
+
+FIELDS = {  # name -> pyarrow type name
+    "id": "string", "status": "string", "error": "string", "video_path": "string", "model": "string",
+    "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
+    "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
+    "params": "string", "fingerprint": "string",
+}
+
+
+def request_record(request: RenderRequest, status: str, error: str | None, attempts: int, info: dict) -> dict:
+    return {
+        "id": request.id, "status": status, "error": error,
+        "video_path": request.video_path if status == "ok" else None,
+        "model": request.model, "family": request.family, "seed": request.seed,
+        "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
+        "chunks": 1, "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
+        "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
+    }
+
+
+def rejected_record(row: dict, error: str) -> dict:
+    model = row.get("model")
+    return {"id": row["id"], "status": "rejected", "error": error, "attempts": 0,
+            "model": model if isinstance(model, str) else None}
+
+
+class MetadataStore:
+    """Holds the records of a run and writes `metadata.parquet` atomically, at most every few seconds."""
+
+    def __init__(self, out_dir: Path, flush_every: float = 5.0):
+        self.path = out_dir / METADATA_FILE
+        self.out_dir = out_dir
+        self.flush_every = flush_every
+        self.records: dict[str, dict] = {}
+        self.previous = self._read_previous()
+        self._last_flush = time.monotonic()
+
+    def committed(self, request: RenderRequest) -> dict | None:
+        """The previous run's record if this exact request is already rendered and its video is in place."""
+        prev = self.previous.get(request.id)
+        if prev and prev["status"] == "ok" and prev.get("fingerprint") == request.fingerprint() \
+                and (self.out_dir / prev["video_path"]).is_file():
+            return prev
+        return None
+
+    def add(self, record: dict) -> None:
+        self.records[record["id"]] = record
+        if time.monotonic() - self._last_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self, order: list[str] | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids = order if order is not None else list(self.records)
+        rows = [{name: self.records[i].get(name) for name in FIELDS} for i in ids if i in self.records]
+        schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in FIELDS.items()])
+        temp = temp_path_for(self.path)
+        try:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
+            commit(temp, self.path)
+        finally:
+            temp.unlink(missing_ok=True)
+        self._last_flush = time.monotonic()
+
+    def _read_previous(self) -> dict[str, dict]:
+        import pyarrow.parquet as pq
+
+        if not self.path.exists():
+            return {}
+        try:
+            return {r["id"]: r for r in pq.read_table(self.path).to_pylist()}
+        except Exception as exc:
+            print(f"warning: ignoring unreadable {self.path} ({exc}); every row renders again", file=sys.stderr)
+            return {}

@@ -1,0 +1,79 @@
+"""Which model a row names, and loading it: presets, local folders and hub ids.
+
+`resolve_model` only reads small JSON files, so the driver can validate rows without weights or
+torch; `load` builds or loads the pipeline on the actor.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RowRejected
+from .families import FAMILIES, Defaults, Family
+
+PRESET_SIZES = ("tiny", "random")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # as the row or --model wrote it
+    family: Family
+    source: str  # "tiny", "random" or "checkpoint"
+    window: int
+    defaults: Defaults
+    location: str = ""  # folder or hub id for checkpoints
+
+
+def preset_names() -> list[str]:
+    return [f"{size}-{family}" for family in FAMILIES for size in PRESET_SIZES]
+
+
+@functools.lru_cache(maxsize=256)
+def resolve_model(name: str) -> ModelSpec:
+    """Map a model name to its spec; raise RowRejected (column `model`) when it cannot be used."""
+    size, _, family_name = name.partition("-")
+    if size in PRESET_SIZES and family_name in FAMILIES:
+        family = FAMILIES[family_name]
+        defaults = family.tiny_defaults if size == "tiny" else family.defaults
+        return ModelSpec(name, family, size, family.window, defaults)
+    return _checkpoint_spec(name)
+
+
+def _checkpoint_spec(name: str) -> ModelSpec:
+    if not Path(name).expanduser().is_dir() and not HUB_ID.match(name):
+        raise RowRejected("model", name, f"not a preset ({', '.join(preset_names())}), "
+                          "an existing folder or a hub id of the form owner/name")
+    read_config = _config_reader(name)
+    try:
+        index = read_config("")
+    except Exception as exc:
+        raise RowRejected("model", name, f"no readable model_index.json in the folder or hub repo "
+                          f"({type(exc).__name__}: {exc})"[:300]) from None
+    class_name = index.get("_class_name")
+    family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
+    if family is None:
+        supported = sorted({f.pipeline_class for f in FAMILIES.values()})
+        raise RowRejected("model", name, f"pipeline {class_name!r} is not supported (supported: {', '.join(supported)})")
+    window = family.window_from_checkpoint(read_config)
+    defaults = Defaults(**{**family.defaults.__dict__, "num_frames": window})
+    return ModelSpec(name, family, "checkpoint", window, defaults, location=name)
+
+
+def _config_reader(name: str):
+    """read(subfolder) -> dict: model_index.json ('') or SUBFOLDER/config.json, from a folder or the hub cache."""
+    folder = Path(name).expanduser()
+
+    def read(subfolder: str) -> dict:
+        filename = "model_index.json" if not subfolder else f"{subfolder}/config.json"
+        if folder.is_dir():
+            return json.loads((folder / filename).read_text())
+        from huggingface_hub import hf_hub_download
+
+        # with HF_HUB_OFFLINE=1 this reads the local cache only
+        return json.loads(Path(hf_hub_download(name, filename)).read_text())
+
+    return read

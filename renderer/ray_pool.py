@@ -1,0 +1,160 @@
+"""The Ray shell around the scheduler: GPU actors holding a loaded pipeline, and CPU encode tasks.
+
+Frames travel from the actor to the encode task by ObjectRef and never pass through the driver; the
+actor takes its next row while the last one is encoded. The driver only sees small records.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from .errors import RowRejected
+from .scheduler import CRASHED, ERROR, OK, REJECTED, REQUEUE, Outcome
+
+ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
+ROWS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between rows
+
+
+@ray.remote
+class RenderActor:
+    def __init__(self, model: str, device: str, threads: int):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the driver's log to what matters
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        import torch
+
+        from .model import load
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.model = load(model, device)
+        self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def ready(self) -> str:
+        return self.name
+
+    @ray.method(num_returns=2)
+    def render(self, request):
+        start = time.perf_counter()
+        frames = self.model.render(request)
+        return frames, {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name}
+
+
+@ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot
+def encode(frames, info: dict, final_path: str, fps: int) -> dict:
+    from .video import write_mp4
+
+    start = time.perf_counter()
+    write_mp4(frames, Path(final_path), fps)
+    return {**info, "encode_seconds": time.perf_counter() - start}
+
+
+class ModelLoadError(Exception):
+    """No actor could load the model: every row of it fails without burning retries."""
+
+
+@dataclass
+class Slot:
+    """One actor and what the driver knows of it."""
+
+    actor: object
+    queue: list = field(default_factory=list)  # its tickets, oldest (the one executing) first
+    generation: int = 0  # bumped when the actor dies; tickets of an older life are not charged again
+    restarting: object = None  # ObjectRef of ready() while the actor comes back
+
+
+class ActorPool:
+    """An Executor (see scheduler.py) over `actors` RenderActors of one model."""
+
+    def __init__(self, model: str, out_dir: Path, actors: int, device: str, gpus_per_actor: float, threads: int):
+        options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0)
+        if device.startswith("cuda"):
+            options["num_gpus"] = gpus_per_actor
+        self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads)) for _ in range(actors)]
+        self.out_dir = out_dir
+        self.tickets: dict[ray.ObjectRef, tuple[Slot, int]] = {}
+        try:
+            ray.get([slot.actor.ready.remote() for slot in self.slots])
+        except Exception as exc:
+            self.shutdown()
+            raise ModelLoadError(f"model {model!r} failed to load: {describe(exc)}") from None
+
+    @property
+    def capacity(self) -> int:
+        return sum(ROWS_QUEUED_PER_ACTOR for slot in self.slots if slot.restarting is None)
+
+    def submit(self, request) -> ray.ObjectRef:
+        slot = min((s for s in self.slots if s.restarting is None), key=lambda s: len(s.queue))
+        frames, info = slot.actor.render.remote(request)
+        ticket = encode.remote(frames, info, str(self.out_dir / request.video_path), request.fps)
+        self.tickets[ticket] = (slot, slot.generation)
+        slot.queue.append(ticket)
+        return ticket
+
+    def wait(self, timeout: float) -> list[tuple[ray.ObjectRef, Outcome]]:
+        restarting = {s.restarting: s for s in self.slots if s.restarting is not None}
+        waiting = [*self.tickets, *restarting]
+        if not waiting:
+            return []
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+        if ready:  # collect everything else that is already finished too
+            ready, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+        for ref in ready:
+            if ref in restarting:
+                self._restarted(restarting[ref])
+        finished = sorted((r for r in ready if r in self.tickets), key=lambda r: self._age(r))
+        return [(ticket, self._outcome(ticket)) for ticket in finished]
+
+    def shutdown(self) -> None:
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+
+    def _age(self, ticket) -> int:
+        slot, _ = self.tickets[ticket]
+        return slot.queue.index(ticket)
+
+    def _outcome(self, ticket) -> Outcome:
+        slot, generation = self.tickets.pop(ticket)
+        slot.queue.remove(ticket)
+        outcome = outcome_of(ticket)
+        if outcome.status != ACTOR_DIED:
+            return outcome
+        if generation != slot.generation:  # queued behind the row that took the actor down
+            return Outcome(REQUEUE, outcome.error)
+        slot.generation += 1
+        slot.restarting = slot.actor.ready.remote()
+        return Outcome(CRASHED, outcome.error)
+
+    def _restarted(self, slot: Slot) -> None:
+        try:
+            ray.get(slot.restarting)
+            slot.restarting = None
+        except ray.exceptions.RayError:  # died again while loading: keep waiting on its next life
+            slot.restarting = slot.actor.ready.remote()
+
+
+def outcome_of(ticket: ray.ObjectRef) -> Outcome:
+    try:
+        return Outcome(OK, info=ray.get(ticket))
+    except ray.exceptions.RayError as exc:
+        # a failed render reaches us through the encode task that depended on its frames
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        if isinstance(cause, ray.exceptions.RayActorError):  # the actor process died or is restarting
+            return Outcome(ACTOR_DIED, f"worker_crashed: the actor died ({type(cause).__name__})")
+        if isinstance(cause, ray.exceptions.WorkerCrashedError):  # the encode task's worker died
+            return Outcome(CRASHED, f"worker_crashed: the encode worker died ({type(cause).__name__})")
+        return Outcome(REJECTED if isinstance(cause, RowRejected) else ERROR, describe(exc))
+
+
+def describe(exc: BaseException) -> str:
+    """The original exception's type and message, without Ray's wrapping traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    if isinstance(cause, RowRejected):
+        return str(cause)
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]

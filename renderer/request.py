@@ -1,0 +1,197 @@
+"""One typed unit of work, converted from a table row in exactly one place.
+
+`to_request` applies every row-level rule; a broken rule raises RowRejected naming the column, the
+value and the rule, and costs no other row.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import RowRejected
+from .images import check_image, image_identity, image_ref
+from .models import ModelSpec, resolve_model
+from .paths import video_relpath
+
+COLUMNS = ("id", "prompt", "negative_prompt", "image", "video", "model", "num_frames", "height", "width",
+           "num_inference_steps", "fps", "guidance_scale", "seed", "params")
+INT_COLUMNS = ("num_frames", "height", "width", "num_inference_steps", "fps")
+# pipeline arguments the renderer owns; a row can never set them through `params`
+RESERVED_PARAMS = {"generator", "latents", "output_type", "return_dict", "callback_on_step_end",
+                   "callback_on_step_end_tensor_inputs", "prompt_embeds", "negative_prompt_embeds"}
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    id: str
+    model: str
+    family: str
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    fps: int
+    guidance_scale: float
+    seed: int
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    image: str | bytes | None = None  # absolute path or encoded bytes
+    params: dict = field(default_factory=dict)
+
+    @property
+    def video_path(self) -> str:
+        return video_relpath(self.id)
+
+    def fingerprint(self) -> str:
+        """Digest of everything the frames depend on; resume re-renders a row whose fingerprint changed."""
+        data = asdict(self)
+        data["image"] = image_identity(self.image) if self.image is not None else None
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def derive_seed(base_seed: int, row_id: str) -> int:
+    """A row's default seed: stable whatever the actor count, the row order or the other rows."""
+    digest = hashlib.sha256(f"{base_seed}\x00{row_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
+def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: Path = Path(".")) -> RenderRequest:
+    row_id = row["id"]
+    spec = _model_spec(row.get("model"), default_model)
+    family = spec.family
+    d = spec.defaults
+    check_video_column(row, spec)
+    num_frames = _positive_int(row, "num_frames", d.num_frames)
+    if num_frames > spec.window:
+        raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({spec.window} frames)")
+    return RenderRequest(
+        id=row_id,
+        model=spec.name,
+        family=family.name,
+        num_frames=num_frames,
+        height=_size(row, "height", d.height),
+        width=_size(row, "width", d.width),
+        num_inference_steps=_positive_int(row, "num_inference_steps", d.num_inference_steps),
+        fps=_positive_int(row, "fps", d.fps),
+        guidance_scale=_guidance(row.get("guidance_scale"), d.guidance_scale),
+        seed=_seed(row.get("seed"), base_seed, row_id),
+        prompt=_text(row, "prompt", spec),
+        negative_prompt=_text(row, "negative_prompt", spec),
+        image=_image(row, spec, table_dir),
+        params=_params(row.get("params"), spec),
+    )
+
+
+def check_video_column(row: dict, spec: ModelSpec) -> None:
+    value = row.get("video")
+    if value is not None and "video" not in spec.family.inputs:
+        raise RowRejected("video", value, f"family {spec.family.name!r} takes no video")
+
+
+def _model_spec(value, default_model) -> ModelSpec:
+    name = value if value is not None else default_model
+    if name is None:
+        raise RowRejected("model", None, "no model: set the row's `model` or pass --model")
+    if not isinstance(name, str) or not name.strip():
+        raise RowRejected("model", name, "must be a preset name, a local folder or a hub id")
+    return resolve_model(name)
+
+
+def _int(column: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RowRejected(column, value, "must be an integer")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise RowRejected(column, value, "must be an integer")
+    return int(value)
+
+
+def _positive_int(row: dict, column: str, default: int) -> int:
+    value = row.get(column)
+    if value is None:
+        return default
+    number = _int(column, value)
+    if number < 1:
+        raise RowRejected(column, value, "must be >= 1")
+    return number
+
+
+def _size(row: dict, column: str, default: int) -> int:
+    number = _positive_int(row, column, default)
+    if number % 8:
+        raise RowRejected(column, number, "must be divisible by 8")
+    return number
+
+
+def _guidance(value, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise RowRejected("guidance_scale", value, "must be a finite number >= 0")
+    return float(value)
+
+
+def _seed(value, base_seed: int, row_id: str) -> int:
+    if value is None:
+        return derive_seed(base_seed, row_id)
+    number = _int("seed", value)
+    if not 0 <= number <= MAX_SEED:
+        raise RowRejected("seed", value, f"must be in [0, {MAX_SEED}]")
+    return number
+
+
+def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
+    value = row.get(column)
+    takes_text = "prompt" in spec.family.inputs
+    if value is None:
+        if column == "prompt" and takes_text:
+            raise RowRejected(column, value, f"required by family {spec.family.name!r}")
+        return None
+    if not isinstance(value, str):
+        raise RowRejected(column, value, "must be a string")
+    if not takes_text:
+        raise RowRejected(column, value, f"family {spec.family.name!r} takes no text (it is conditioned on the image)")
+    if column == "prompt" and not value.strip():
+        raise RowRejected(column, value, "must not be empty")
+    if "\x00" in value:
+        raise RowRejected(column, value, "must not contain NUL characters")
+    return value
+
+
+def _image(row: dict, spec: ModelSpec, table_dir: Path) -> str | bytes | None:
+    value = row.get("image")
+    wants_image = "image" in spec.family.inputs
+    if value is None:
+        if wants_image:
+            raise RowRejected("image", value, f"required by family {spec.family.name!r}")
+        return None
+    if not wants_image:
+        raise RowRejected("image", value, f"family {spec.family.name!r} takes no image")
+    ref = image_ref(value, table_dir)
+    check_image(ref)
+    return ref
+
+
+def _params(value, spec: ModelSpec) -> dict:
+    if value is None or value == "":
+        return {}
+    try:
+        params = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError as exc:
+        raise RowRejected("params", value, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(params, dict):
+        raise RowRejected("params", value, "must be a JSON object of pipeline arguments")
+    allowed = spec.family.allowed_params()
+    checked = {}
+    for key, item in params.items():
+        if key in COLUMNS or key in spec.family.column_aliases:
+            column = key if key in COLUMNS else spec.family.column_aliases[key]
+            raise RowRejected(f"params.{key}", item, f"duplicates the typed column {column!r}; set the column instead")
+        if key in RESERVED_PARAMS or key not in allowed:
+            raise RowRejected(f"params.{key}", item, f"not a parameter of family {spec.family.name!r} "
+                              f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+        checked[key] = allowed[key].check(key, item)
+    return checked

@@ -1,0 +1,157 @@
+"""A whole run: tables -> requests -> actor pools -> mp4 files and metadata.parquet.
+
+Ray must already be connected (the CLI does it through `cluster`); without a connection an embedded
+local Ray is started.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import RowRejected
+from .metadata import MetadataStore, rejected_record, request_record
+from .paths import clean_temp_files
+from .progress import Progress
+from .request import RenderRequest, to_request
+from .scheduler import OK, Outcome, Scheduler
+from .tables import read_tables
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    tables: tuple[str, ...]
+    out: Path
+    model: str | None = None  # for rows without a `model`
+    actors: int | None = None  # per model; default one per GPU (one on a CPU-only cluster)
+    gpus_per_actor: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    max_attempts: int = 3
+    resume: bool = True
+    ignore_extra: bool = False
+
+    def __post_init__(self):
+        if not self.tables:
+            raise ValueError("at least one table is required")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors={self.actors}: must be >= 1")
+        if self.gpus_per_actor <= 0:
+            raise ValueError(f"gpus_per_actor={self.gpus_per_actor}: must be > 0")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts={self.max_attempts}: must be >= 1")
+
+
+@dataclass
+class Plan:
+    ids: list[str]  # every input id, in input order
+    requests: list[RenderRequest]
+    rejected: list[dict]  # records
+
+
+@dataclass
+class RunSummary:
+    counts: Counter = field(default_factory=Counter)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (id, error), first few
+    skipped: int = 0  # already rendered by an earlier run
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if set(self.counts) <= {"ok"} else 1
+
+
+def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = False) -> Plan:
+    """Table checks (raise TableError) and row checks (become rejected records); no Ray, no torch."""
+    plan = Plan([], [], [])
+    for item in read_tables(tables, ignore_extra):
+        plan.ids.append(item.row["id"])
+        try:
+            plan.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir))
+        except RowRejected as exc:
+            plan.rejected.append(rejected_record(item.row, str(exc)))
+    return plan
+
+
+def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None) -> RunSummary:
+    """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
+    so a run with nothing left to render never starts it."""
+    plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra)
+    config.out.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(config.out)
+    store = MetadataStore(config.out)
+    if not config.resume:
+        store.previous = {}
+    summary = RunSummary()
+    for record in plan.rejected:
+        store.add(record)
+    todo = []
+    for request in plan.requests:
+        previous = store.committed(request)
+        if previous:
+            store.add(previous)
+            summary.skipped += 1
+        else:
+            todo.append(request)
+    _render(todo, config, store, connect)
+    store.flush(order=plan.ids)
+    for row_id in plan.ids:
+        record = store.records[row_id]
+        summary.counts[record["status"]] += 1
+        if record["status"] != "ok" and len(summary.errors) < 5:
+            summary.errors.append((row_id, record["error"]))
+    return summary
+
+
+def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect) -> None:
+    import ray
+
+    from .ray_pool import ActorPool, ModelLoadError
+
+    if not requests:
+        return
+    if not ray.is_initialized():
+        (connect or ray.init)()
+    device, actors, threads = _placement(config)
+    progress = Progress(len(requests))
+
+    def done(request, outcome: Outcome, attempts: int) -> None:
+        status = "ok" if outcome.status == OK else "rejected" if outcome.status == "rejected" else "failed"
+        store.add(request_record(request, status, outcome.error, attempts, outcome.info))
+        progress.event("done", ok=status == "ok")
+
+    by_model: dict[str, list[RenderRequest]] = {}
+    for request in requests:
+        by_model.setdefault(request.model, []).append(request)
+    for model, group in by_model.items():  # one model at a time gets every actor slot
+        try:
+            pool = ActorPool(model, config.out, min(actors, len(group)), device, config.gpus_per_actor, threads)
+        except ModelLoadError as exc:
+            for request in group:
+                done(request, Outcome("error", str(exc)), 0)
+            continue
+        try:
+            Scheduler(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind)).run(group)
+        finally:
+            pool.shutdown()
+    progress.close()
+
+
+def _placement(config: RunConfig) -> tuple[str, int, int]:
+    """(device, actors per model, CPU threads per actor) from the cluster's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda" and not gpus:
+        raise RuntimeError("--device cuda, but the Ray cluster has no GPU")
+    default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
+    actors = config.actors or default
+    threads = max(1, int(resources.get("CPU", os.cpu_count() or 1)) // actors)
+    return device, actors, threads

@@ -1,0 +1,58 @@
+"""Shared fixtures: one real local Ray for the session, table writers, mp4 readers."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "example.parquet"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray shared by the tests (4 logical CPUs so 3 CPU actors and encode tasks fit)."""
+    import ray
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def image_file(tmp_path) -> Path:
+    path = tmp_path / "cond.png"
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)), np.full((64, 64), 90, np.uint8)], -1)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_table(path: Path, rows: list[dict], types: dict | None = None) -> Path:
+    """Write rows as Parquet; columns are the union of keys, typed from `types` or inferred."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    types = types or {}
+    arrays = {c: pa.array([r.get(c) for r in rows], type=types.get(c)) for c in columns}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(arrays), path)
+    return path
+
+
+def read_metadata(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in pq.read_table(out / "metadata.parquet").to_pylist()}
+
+
+def copy_example(tmp_path: Path) -> Path:
+    """The bundled example table with its images, in a scratch folder."""
+    folder = tmp_path / "example"
+    shutil.copytree(EXAMPLE.parent, folder, ignore=shutil.ignore_patterns("*.py"))
+    return folder / EXAMPLE.name

@@ -1,0 +1,116 @@
+"""Model loading and parity: what the renderer produces is the plain diffusers call, bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import renderer
+from conftest import read_metadata, write_table
+from jobs.cli import main
+from renderer.errors import RowRejected
+from renderer.families.components import seeded_build
+from renderer.models import resolve_model
+from renderer.video import read_mp4
+
+
+def plain_uint8(frames) -> np.ndarray:
+    return (np.asarray(frames) * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil conversion
+
+
+@pytest.fixture(scope="module")
+def animatediff():
+    return renderer.load("tiny-animatediff")
+
+
+@pytest.fixture(scope="module")
+def svd():
+    return renderer.load("tiny-svd")
+
+
+def test_animatediff_row_equals_the_plain_diffusers_call(animatediff):
+    frames = animatediff.render({"id": "p", "prompt": "a red kite", "negative_prompt": "fog", "seed": 1234})
+    expected = animatediff.pipeline(prompt="a red kite", negative_prompt="fog", num_frames=16, height=64, width=64,
+                                    num_inference_steps=4, generator=torch.Generator("cpu").manual_seed(1234),
+                                    output_type="np").frames[0]
+    assert frames.dtype == np.uint8 and frames.shape == (16, 64, 64, 3)
+    assert np.array_equal(frames, plain_uint8(expected))
+
+
+def test_svd_row_equals_the_plain_diffusers_call(svd, image_file):
+    frames = svd.render({"id": "p", "image": str(image_file), "seed": 77, "num_frames": 8,
+                         "params": '{"motion_bucket_id": 40}'})
+    image = Image.open(image_file).convert("RGB")
+    expected = svd.pipeline(image, height=64, width=64, num_frames=8, num_inference_steps=4, motion_bucket_id=40,
+                            generator=torch.Generator("cpu").manual_seed(77), output_type="np").frames[0]
+    assert frames.shape == (8, 64, 64, 3)
+    assert np.array_equal(frames, plain_uint8(expected))
+
+
+def test_knobs_reach_the_pipeline(svd, animatediff, image_file):
+    base = {"id": "k", "image": str(image_file), "seed": 5, "num_frames": 4}
+    assert not np.array_equal(svd.render(base), svd.render({**base, "params": '{"motion_bucket_id": 255}'}))
+    text = {"id": "k", "prompt": "dunes", "seed": 5, "num_frames": 4}
+    default = animatediff.render(text)
+    assert not np.array_equal(default, animatediff.render({**text, "params": '{"scheduler": "euler"}'}))
+    assert np.array_equal(default, animatediff.render(text))  # the scheduler choice does not leak to the next row
+
+
+def test_unknown_knob_is_rejected_by_the_api_too(animatediff):
+    with pytest.raises(RowRejected, match="params.strength"):
+        animatediff.render({"prompt": "x", "params": '{"strength": 0.3}'})
+
+
+def random_components(preset: str) -> dict:
+    """A full-size preset's components on the meta device: the architecture without allocating weights."""
+    with seeded_build("meta"):
+        return resolve_model(preset).family.components("random")
+
+
+def count(module) -> float:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_random_presets_have_the_published_sizes():
+    svd_xt = random_components("random-svd-xt")
+    assert 1.50e9 < count(svd_xt["unet"]) < 1.54e9 and svd_xt["unet"].config.num_frames == 25  # SVD-XT UNet
+    assert 6.2e8 < count(svd_xt["image_encoder"]) < 6.4e8  # CLIP ViT-H/14 vision tower
+    ad = random_components("random-animatediff")
+    assert 8.5e8 < count(ad["unet"]) < 8.7e8  # SD1.5 UNet
+    assert 4.0e8 < count(ad["motion_adapter"]) < 4.6e8  # motion adapter v1-5-2
+    assert 1.2e8 < count(ad["text_encoder"]) < 1.3e8  # CLIP ViT-L/14 text encoder
+
+
+def test_saved_checkpoint_folder_loads_and_renders(ray_session, animatediff, tmp_path):
+    folder = tmp_path / "my-animatediff"
+    animatediff.pipeline.save_pretrained(folder)
+    assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
+    spec = resolve_model(str(folder))
+    assert (spec.family.name, spec.source, spec.window) == ("animatediff", "checkpoint", 16)
+
+    table = write_table(tmp_path / "t.parquet", [{"id": "c", "prompt": "a lantern", "num_frames": 8, "height": 64,
+                                                  "width": 64, "num_inference_steps": 3}])
+    result = CliRunner().invoke(main, ["run", str(table), "--out", str(tmp_path / "out"), "--model", str(folder)])
+    assert result.exit_code == 0, result.output
+    record = read_metadata(tmp_path / "out")["c"]
+    assert record["status"] == "ok" and record["model"] == str(folder) and record["family"] == "animatediff"
+    frames, _ = read_mp4(tmp_path / "out" / record["video_path"])
+    assert frames.shape == (8, 64, 64, 3)
+
+
+def test_svd_checkpoint_window_comes_from_its_unet(tmp_path, image_file):
+    renderer.load("tiny-svd-xt").pipeline.save_pretrained(tmp_path / "xt")
+    spec = resolve_model(str(tmp_path / "xt"))
+    assert (spec.family.name, spec.window, spec.defaults.num_frames) == ("svd", 25, 25)
+    frames = renderer.load(str(tmp_path / "xt")).render(
+        {"image": str(image_file), "height": 64, "width": 64, "num_inference_steps": 2})
+    assert frames.shape == (25, 64, 64, 3)
+
+
+def test_pickle_only_checkpoints_are_refused(tmp_path):
+    folder = tmp_path / "pickled"
+    renderer.load("tiny-animatediff").pipeline.save_pretrained(folder, safe_serialization=False)
+    with pytest.raises(Exception, match="safetensors"):
+        renderer.load(str(folder))
