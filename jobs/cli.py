@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from renderer.errors import TableError
+from renderer.errors import ConfigError, TableError
 
 EPILOG = """\b
 Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed);
@@ -45,7 +45,10 @@ def main():
               help="Tries per row before it is recorded `failed`.")
 @click.option("--no-resume", is_flag=True, help="Render every row again, even those already committed.")
 @click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table.")
-def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_attempts, no_resume, ignore_extra):
+@click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (slow first row per shape).")
+def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_attempts, no_resume, ignore_extra,
+        cpu_offload, compile_):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -54,12 +57,15 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra)
+                       not no_resume, ignore_extra, cpu_offload, compile_)
     try:
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra)  # before Ray starts
     except TableError as exc:
         _table_error(exc)
-    summary = run_all(config, plan, connect=lambda: connect(address, actors))
+    try:
+        summary = run_all(config, plan, connect=lambda: connect(address, actors))
+    except ConfigError as exc:
+        _table_error(exc)
     _print_summary(summary, out)
     sys.exit(summary.exit_code)
 
@@ -102,7 +108,7 @@ def models():
             click.echo(f"  checkpoint: {checkpoint}")
 
 
-def _table_error(exc: TableError):
+def _table_error(exc: Exception):
     click.echo(f"error: {exc}", err=True)
     sys.exit(2)
 

@@ -5,6 +5,10 @@ class TableError(Exception):
     """A table-level problem: nothing is rendered and the CLI exits 2."""
 
 
+class ConfigError(Exception):
+    """Run options that cannot work on this cluster: nothing is rendered and the CLI exits 2."""
+
+
 class RowRejected(Exception):
     """A row whose input breaks a rule: recorded as `rejected`, never retried.
 

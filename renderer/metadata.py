@@ -37,12 +37,12 @@ def rejected_record(row: dict, error: str) -> dict:
 class MetadataStore:
     """Holds the records of a run and writes `metadata.parquet` atomically, at most every few seconds."""
 
-    def __init__(self, out_dir: Path, flush_every: float = 5.0):
+    def __init__(self, out_dir: Path, resume: bool = True, flush_every: float = 5.0):
         self.path = out_dir / METADATA_FILE
         self.out_dir = out_dir
         self.flush_every = flush_every
         self.records: dict[str, dict] = {}
-        self.previous = self._read_previous()
+        self.previous = self._read_previous() if resume else {}
         self._last_flush = time.monotonic()
 
     def committed(self, request: RenderRequest) -> dict | None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadOutput
-from .images import load_image
+from .inputs import load_image, load_video
 from .models import ModelSpec, resolve_model
 from .request import RenderRequest, to_request
 
@@ -26,8 +26,8 @@ class Model:
     def render(self, row: dict | RenderRequest) -> np.ndarray:
         """Frames of one row as uint8 (frames, height, width, 3).
 
-        A plain dict is validated exactly as a table row is (relative image paths resolve against the
-        working directory, the seed defaults to one derived from the id).
+        A plain dict is validated exactly as a table row is (relative paths resolve against the working
+        directory, the seed defaults to one derived from the id).
         """
         import torch
 
@@ -35,11 +35,11 @@ class Model:
             {"id": "row", **row}, default_model=self.spec.name, table_dir=Path.cwd())
         family = self.spec.family
         image = load_image(request.image) if request.image is not None else None
-        family.select_scheduler(self.pipeline, request, self._base_scheduler)
-        kwargs = family.pipeline_kwargs(request, image)
+        video = None if request.video is None else load_video(
+            request.video, request.num_frames, request.width, request.height)
+        family.configure(self.pipeline, request, self._base_scheduler)
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        frames = self.pipeline(**kwargs, generator=generator, output_type="np").frames[0]
-        return to_uint8(np.asarray(frames))
+        return to_uint8(np.asarray(family.generate(self.pipeline, request, image, video, generator)))
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -52,17 +52,26 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return video
 
 
-def load(model: str, device: str = "cpu") -> Model:
-    """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU)."""
+def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False) -> Model:
+    """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
+
+    `cpu_offload` keeps each sub-model on the CPU until it runs (CUDA only: less GPU memory, slower);
+    `compile` compiles the denoiser with torch.compile (slow first call per shape, faster after).
+    """
     import torch
 
     spec = resolve_model(model)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    build_on = "cpu" if cpu_offload else device
     if spec.source == "checkpoint":
         import diffusers
 
         cls = getattr(diffusers, spec.family.pipeline_class)
-        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True).to(device)
+        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True).to(build_on)
     else:
-        pipeline = spec.family.build(spec.source, device, dtype)
+        pipeline = spec.family.build(spec.source, build_on, dtype)
+    if cpu_offload:
+        pipeline.enable_model_cpu_offload(device=device)
+    if compile:
+        pipeline.unet.compile()
     return Model(spec, pipeline, device)

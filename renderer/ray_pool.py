@@ -22,7 +22,7 @@ ROWS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles b
 
 @ray.remote
 class RenderActor:
-    def __init__(self, model: str, device: str, threads: int):
+    def __init__(self, model: str, device: str, threads: int, load_options: dict):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the driver's log to what matters
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         import torch
@@ -31,7 +31,7 @@ class RenderActor:
 
         if device == "cpu":
             torch.set_num_threads(threads)
-        self.model = load(model, device)
+        self.model = load(model, device, **load_options)
         self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -71,11 +71,12 @@ class Slot:
 class ActorPool:
     """An Executor (see scheduler.py) over `actors` RenderActors of one model."""
 
-    def __init__(self, model: str, out_dir: Path, actors: int, device: str, gpus_per_actor: float, threads: int):
+    def __init__(self, model: str, out_dir: Path, actors: int, device: str, gpus_per_actor: float, threads: int,
+                 load_options: dict):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0)
         if device.startswith("cuda"):
             options["num_gpus"] = gpus_per_actor
-        self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads)) for _ in range(actors)]
+        self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads, load_options)) for _ in range(actors)]
         self.out_dir = out_dir
         self.tickets: dict[ray.ObjectRef, tuple[Slot, int]] = {}
         try:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import RowRejected
-from .images import check_image, image_identity, image_ref
+from .inputs import check_image, check_video, input_identity, input_ref
 from .models import ModelSpec, resolve_model
 from .paths import video_relpath
 
@@ -40,6 +40,7 @@ class RenderRequest:
     prompt: str | None = None
     negative_prompt: str | None = None
     image: str | bytes | None = None  # absolute path or encoded bytes
+    video: str | None = None  # absolute path
     params: dict = field(default_factory=dict)
 
     @property
@@ -49,7 +50,8 @@ class RenderRequest:
     def fingerprint(self) -> str:
         """Digest of everything the frames depend on; resume re-renders a row whose fingerprint changed."""
         data = asdict(self)
-        data["image"] = image_identity(self.image) if self.image is not None else None
+        data["image"] = input_identity(self.image) if self.image is not None else None
+        data["video"] = input_identity(self.video) if self.video is not None else None
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -64,7 +66,6 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     spec = _model_spec(row.get("model"), default_model)
     family = spec.family
     d = spec.defaults
-    check_video_column(row, spec)
     num_frames = _positive_int(row, "num_frames", d.num_frames)
     if num_frames > spec.window:
         raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({spec.window} frames)")
@@ -81,15 +82,10 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         seed=_seed(row.get("seed"), base_seed, row_id),
         prompt=_text(row, "prompt", spec),
         negative_prompt=_text(row, "negative_prompt", spec),
-        image=_image(row, spec, table_dir),
+        image=_conditioning(row, "image", spec, table_dir),
+        video=_conditioning(row, "video", spec, table_dir),
         params=_params(row.get("params"), spec),
     )
-
-
-def check_video_column(row: dict, spec: ModelSpec) -> None:
-    value = row.get("video")
-    if value is not None and "video" not in spec.family.inputs:
-        raise RowRejected("video", value, f"family {spec.family.name!r} takes no video")
 
 
 def _model_spec(value, default_model) -> ModelSpec:
@@ -145,15 +141,16 @@ def _seed(value, base_seed: int, row_id: str) -> int:
 
 def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     value = row.get(column)
-    takes_text = "prompt" in spec.family.inputs
+    family = spec.family
     if value is None:
-        if column == "prompt" and takes_text:
-            raise RowRejected(column, value, f"required by family {spec.family.name!r}")
+        if column in family.required:
+            raise RowRejected(column, value, f"required by family {family.name!r}")
         return None
     if not isinstance(value, str):
         raise RowRejected(column, value, "must be a string")
-    if not takes_text:
-        raise RowRejected(column, value, f"family {spec.family.name!r} takes no text (it is conditioned on the image)")
+    if "prompt" not in family.inputs:
+        raise RowRejected(column, value, f"family {family.name!r} takes no text (it is conditioned on the "
+                          f"{' and '.join(family.inputs)})")
     if column == "prompt" and not value.strip():
         raise RowRejected(column, value, "must not be empty")
     if "\x00" in value:
@@ -161,17 +158,18 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     return value
 
 
-def _image(row: dict, spec: ModelSpec, table_dir: Path) -> str | bytes | None:
-    value = row.get("image")
-    wants_image = "image" in spec.family.inputs
+def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: Path) -> str | bytes | None:
+    """The row's `image` or `video`: required, accepted or refused by the family; checked cheaply here."""
+    value = row.get(column)
+    family = spec.family
     if value is None:
-        if wants_image:
-            raise RowRejected("image", value, f"required by family {spec.family.name!r}")
+        if column in family.required:
+            raise RowRejected(column, value, f"required by family {family.name!r}")
         return None
-    if not wants_image:
-        raise RowRejected("image", value, f"family {spec.family.name!r} takes no image")
-    ref = image_ref(value, table_dir)
-    check_image(ref)
+    if column not in family.inputs:
+        raise RowRejected(column, value, f"family {family.name!r} takes no {column}")
+    ref = input_ref(column, value, table_dir, allow_bytes=column == "image")
+    check_image(ref) if column == "image" else check_video(ref)
     return ref
 
 

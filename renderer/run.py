@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import RowRejected
+from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
 from .paths import clean_temp_files
 from .progress import Progress
@@ -34,6 +34,8 @@ class RunConfig:
     max_attempts: int = 3
     resume: bool = True
     ignore_extra: bool = False
+    cpu_offload: bool = False  # per run: sub-models wait on the CPU until they run (CUDA only)
+    compile: bool = False  # per run: torch.compile the denoiser of every actor
 
     def __post_init__(self):
         if not self.tables:
@@ -84,9 +86,7 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra)
     config.out.mkdir(parents=True, exist_ok=True)
     clean_temp_files(config.out)
-    store = MetadataStore(config.out)
-    if not config.resume:
-        store.previous = {}
+    store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
     for record in plan.rejected:
         store.add(record)
@@ -98,8 +98,10 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
             summary.skipped += 1
         else:
             todo.append(request)
-    _render(todo, config, store, connect)
-    store.flush(order=plan.ids)
+    try:
+        _render(todo, config, store, connect)
+    finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
+        store.flush(order=plan.ids)
     for row_id in plan.ids:
         record = store.records[row_id]
         summary.counts[record["status"]] += 1
@@ -130,7 +132,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
         by_model.setdefault(request.model, []).append(request)
     for model, group in by_model.items():  # one model at a time gets every actor slot
         try:
-            pool = ActorPool(model, config.out, min(actors, len(group)), device, config.gpus_per_actor, threads)
+            pool = ActorPool(model, config.out, min(actors, len(group)), device, config.gpus_per_actor, threads,
+                             dict(cpu_offload=config.cpu_offload, compile=config.compile))
         except ModelLoadError as exc:
             for request in group:
                 done(request, Outcome("error", str(exc)), 0)
@@ -150,7 +153,9 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
     gpus = resources.get("GPU", 0)
     device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda" and not gpus:
-        raise RuntimeError("--device cuda, but the Ray cluster has no GPU")
+        raise ConfigError("--device cuda, but the Ray cluster has no GPU")
+    if config.cpu_offload and device != "cuda":
+        raise ConfigError("--cpu-offload needs CUDA: on the CPU every model already lives in host memory")
     default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
     actors = config.actors or default
     threads = max(1, int(resources.get("CPU", os.cpu_count() or 1)) // actors)

@@ -24,11 +24,10 @@ class AnimateDiff(Family):
         return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
                     unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
 
-    def pipeline_kwargs(self, request, image):
-        params = {k: v for k, v in request.params.items() if k != "scheduler"}
+    def pipeline_kwargs(self, request, image, video):
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
-                    guidance_scale=request.guidance_scale, **params)
+                    guidance_scale=request.guidance_scale, **self.call_params(request))
 
 
 ANIMATEDIFF = AnimateDiff(
@@ -43,3 +42,5 @@ ANIMATEDIFF = AnimateDiff(
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++", "pndm"),
     checkpoints=("guoyww/animatediff-motion-adapter-v1-5-2 on runwayml/stable-diffusion-v1-5 (saved as one AnimateDiffPipeline folder)",),
 )
+
+FAMILIES = (ANIMATEDIFF,)

@@ -36,9 +36,12 @@ class Param:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
+    fields: Mapping[str, "Param"] | None = None  # for kind dict: the allowed keys, all optional
 
     def check(self, key: str, value: Any) -> Any:
         column = f"params.{key}"
+        if self.kind is dict:
+            return self._check_fields(key, value)
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
@@ -51,6 +54,24 @@ class Param:
             raise RowRejected(column, value, f"must be <= {self.maximum}")
         return value
 
+    def _check_fields(self, key: str, value: Any) -> dict:
+        if value is True:  # {"free_init": true}: the pipeline's own defaults
+            return {}
+        if not isinstance(value, dict):
+            raise RowRejected(f"params.{key}", value, "must be true or an object of " + ", ".join(self.fields))
+        unknown = [k for k in value if k not in self.fields]
+        if unknown:
+            raise RowRejected(f"params.{key}.{unknown[0]}", value[unknown[0]],
+                              f"not an option of {key} (allowed: {', '.join(self.fields)})")
+        return {k: self.fields[k].check(f"{key}.{k}", v) for k, v in value.items()}
+
+
+MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the pipeline's arguments
+    "vae_slicing": Param(bool, "decode the VAE one frame/image at a time"),
+    "vae_tiling": Param(bool, "decode the VAE in tiles (large frames)"),
+    "forward_chunking": Param(int, "run the UNet's feed-forward layers in chunks of this size", minimum=1),
+}
+
 
 @dataclass(frozen=True)
 class Family(ABC):
@@ -62,7 +83,7 @@ class Family(ABC):
 
     name: str
     pipeline_class: str
-    inputs: tuple[str, ...]  # of "prompt", "image", "video"
+    inputs: tuple[str, ...]  # what a row may give: of "prompt", "image", "video"
     window: int  # frames one pipeline call renders natively
     defaults: Defaults
     tiny_defaults: Defaults
@@ -71,12 +92,24 @@ class Family(ABC):
     column_aliases: Mapping[str, str] = field(default_factory=dict)
     schedulers: tuple[str, ...] = ()
     checkpoints: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # what a row must give; default: every input
+    memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking")
+
+    def __post_init__(self):
+        if not self.required:
+            object.__setattr__(self, "required", self.inputs)
 
     def allowed_params(self) -> dict[str, Param]:
+        """The family's pipeline arguments plus the renderer options it supports."""
         allowed = dict(self.params)
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
+        allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
         return allowed
+
+    def call_params(self, request) -> dict:
+        """The row's params that are the pipeline's own keyword arguments (renderer options removed)."""
+        return {k: v for k, v in request.params.items() if k in self.params}
 
     def window_from_checkpoint(self, read_config) -> int:
         """The native window of a real checkpoint; `read_config(subfolder)` returns its config dict."""
@@ -97,16 +130,37 @@ class Family(ABC):
         return place(getattr(diffusers, self.pipeline_class)(**parts), device, dtype)
 
     @abstractmethod
-    def pipeline_kwargs(self, request, image) -> dict:
-        """The diffusers call's keyword arguments for one request (without generator/output_type)."""
+    def pipeline_kwargs(self, request, image, video) -> dict:
+        """The diffusers call's keyword arguments for one request (without generator/output_type).
 
-    def select_scheduler(self, pipeline, request, base_scheduler) -> None:
-        """Give the pipeline the row's scheduler, built from the checkpoint's own scheduler config."""
+        `image` is a PIL image and `video` a list of PIL frames of the row's size, or None."""
+
+    def generate(self, pipeline, request, image, video, generator):
+        """Float frames (F, H, W, 3) in [0, 1] for one request: the plain diffusers call by default."""
+        kwargs = self.pipeline_kwargs(request, image, video)
+        return pipeline(**kwargs, generator=generator, output_type="np").frames[0]
+
+    def configure(self, pipeline, request, base_scheduler) -> None:
+        """Set every piece of per-row pipeline state, so nothing a row asks for leaks into the next row."""
         name = request.params.get("scheduler")
         if name is None:
             pipeline.scheduler = base_scheduler
-            return
-        import diffusers
+        else:
+            import diffusers
 
-        cls = getattr(diffusers, SCHEDULERS[name])
-        pipeline.scheduler = cls.from_config(base_scheduler.config)
+            cls = getattr(diffusers, SCHEDULERS[name])
+            pipeline.scheduler = cls.from_config(base_scheduler.config)
+        vae, unet, params = getattr(pipeline, "vae", None), getattr(pipeline, "unet", None), request.params
+        if "vae_slicing" in self.memory_options:
+            vae.enable_slicing() if params.get("vae_slicing") else vae.disable_slicing()
+        if "vae_tiling" in self.memory_options:
+            vae.enable_tiling() if params.get("vae_tiling") else vae.disable_tiling()
+        if "forward_chunking" in self.memory_options:
+            set_forward_chunking(unet, params.get("forward_chunking"))
+
+
+def set_forward_chunking(unet, chunk_size: int | None) -> None:
+    """Feed-forward chunking on every transformer block (None turns it off); works for every UNet type."""
+    for module in unet.modules():
+        if hasattr(module, "set_chunk_feed_forward"):
+            module.set_chunk_feed_forward(chunk_size=chunk_size, dim=1 if chunk_size else 0)

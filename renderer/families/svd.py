@@ -36,11 +36,11 @@ class StableVideoDiffusion(Family):
         return dict(vae=vae, image_encoder=clip_image_encoder(size), unet=unet, scheduler=euler,
                     feature_extractor=clip_image_processor())
 
-    def pipeline_kwargs(self, request, image):
+    def pipeline_kwargs(self, request, image, video):
         # `fps` conditions the model and sets the mp4's rate; guidance_scale is SVD's max_guidance_scale
         return dict(image=image, height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=request.num_inference_steps, max_guidance_scale=request.guidance_scale,
-                    fps=request.fps, **request.params)
+                    fps=request.fps, **self.call_params(request))
 
 
 SVD_PARAMS = {
@@ -56,8 +56,11 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
         name=name, pipeline_class="StableVideoDiffusionPipeline", inputs=("image",), window=window,
         defaults=Defaults(num_frames=window, height=576, width=1024, num_inference_steps=25, fps=7, guidance_scale=3.0),
         tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7, guidance_scale=3.0),
-        params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,))
+        params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
+        memory_options=("forward_chunking",))  # the temporal VAE's memory knob is decode_chunk_size
 
 
 SVD = _svd("svd", 14, "stabilityai/stable-video-diffusion-img2vid")
 SVD_XT = _svd("svd-xt", 25, "stabilityai/stable-video-diffusion-img2vid-xt")
+
+FAMILIES = (SVD, SVD_XT)
