@@ -1,7 +1,10 @@
-"""Renders the full-size random presets once through `render run` on a GPU and prints the per-row times.
+"""Renders every family's full-size random preset through `render run` on a GPU; prints seconds per row.
 
-    python bench/gpu_smoke.py OUT_DIR      (writes OUT_DIR/table.parquet, OUT_DIR/run/, OUT_DIR/smoke.json)
+    python bench/gpu_smoke.py OUT_DIR [--steps N] [--families svd-xt,animatediff,...]
+
+Each model renders two rows (the first pays CUDA warm-up). Writes OUT_DIR/smoke.json with the records.
 """
+import argparse
 import json
 import subprocess
 import sys
@@ -13,23 +16,54 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-out = Path(sys.argv[1])
-out.mkdir(parents=True, exist_ok=True)
-Image.fromarray((np.random.default_rng(0).random((576, 1024, 3)) * 255).astype(np.uint8)).save(out / "cond.png")
-rows = [  # the GPU.md baseline workloads, each twice (the first row of a model pays warm-up)
-    *[dict(id=f"svd-xt-{i}", model="random-svd-xt", image="cond.png", prompt=None,
-           params='{"decode_chunk_size": 8}') for i in range(2)],
-    *[dict(id=f"animatediff-{i}", model="random-animatediff", image=None, prompt="a cat walking",
-           params=None) for i in range(2)],
-]
-pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
-start = time.perf_counter()
-code = subprocess.call([sys.executable, "-m", "jobs.cli", "run", str(out / "table.parquet"), "--out", str(out / "run"),
-                        "--device", "cuda"])
-wall = time.perf_counter() - start
-records = pq.read_table(out / "run" / "metadata.parquet").to_pylist()
-for r in records:
-    print(f"{r['id']:16} {r['status']:8} {r['seconds'] or 0:7.2f} s  {r['num_frames']} frames {r['width']}x{r['height']} "
-          f"{r['gpu']} {r['error'] or ''}")
-print(f"exit {code}, wall {wall:.1f} s (includes Ray start and model builds)")
-(out / "smoke.json").write_text(json.dumps({"exit": code, "wall_s": wall, "records": records}, indent=1, default=str))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from renderer.families import FAMILIES  # noqa: E402
+from renderer.video import write_mp4  # noqa: E402
+
+
+def inputs(out: Path) -> None:
+    """A conditioning image and a control/source video: a white square moving over black."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (576, 1024, 3), np.uint8)).save(out / "cond.png")
+    frames = np.zeros((8, 512, 512, 3), np.uint8)
+    for i in range(8):
+        frames[i, 200:300, 40 * i:40 * i + 100] = 255
+    write_mp4(frames, out / "control.mp4", 8)
+
+
+def rows_for(family, steps: int) -> list[dict]:
+    row = dict(model=f"random-{family.name}", num_inference_steps=steps)
+    if "prompt" in family.required:
+        row["prompt"] = "a lighthouse on a cliff at sunset"
+    if "image" in family.required:
+        row["image"] = "cond.png"
+    if "video" in family.required:
+        row["video"] = "control.mp4"
+    return [dict(id=f"{family.name}-{i}", **row) for i in range(2)]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    inputs(args.out)
+    rows = [r for name in args.families.split(",") for r in rows_for(FAMILIES[name], args.steps)]
+    pq.write_table(pa.Table.from_pylist(rows), args.out / "table.parquet")
+    start = time.perf_counter()
+    code = subprocess.call([sys.executable, "-m", "jobs.cli", "run", str(args.out / "table.parquet"),
+                            "--out", str(args.out / "run"), "--device", "cuda"])
+    wall = time.perf_counter() - start
+    records = pq.read_table(args.out / "run" / "metadata.parquet").to_pylist()
+    for r in records:
+        size = f"{r['num_frames']} frames {r['width']}x{r['height']}" if r["status"] == "ok" else ""
+        print(f"{r['id']:24} {r['status']:8} {r['seconds'] or 0:7.2f} s  {size} {r['error'] or ''}")
+    print(f"exit {code}, wall {wall:.1f} s (includes Ray start and model builds), {args.steps} steps per row")
+    (args.out / "smoke.json").write_text(json.dumps({"exit": code, "wall_s": wall, "steps": args.steps,
+                                                      "records": records}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

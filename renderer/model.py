@@ -70,6 +70,7 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
         pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True).to(build_on)
     else:
         pipeline = spec.family.build(spec.source, build_on, dtype)
+    spec.family.prepare_pipeline(pipeline)
     if cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
     if compile:

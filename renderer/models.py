@@ -40,27 +40,35 @@ def resolve_model(name: str) -> ModelSpec:
         family = FAMILIES[family_name]
         defaults = family.tiny_defaults if size == "tiny" else family.defaults
         return ModelSpec(name, family, size, family.window, defaults)
-    return _checkpoint_spec(name)
+    family_name, sep, location = name.partition(":")
+    if sep and family_name in FAMILIES:  # FAMILY:LOCATION picks the family explicitly
+        return _checkpoint_spec(name, location, FAMILIES[family_name])
+    return _checkpoint_spec(name, name, None)
 
 
-def _checkpoint_spec(name: str) -> ModelSpec:
-    if not Path(name).expanduser().is_dir() and not HUB_ID.match(name):
+def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSpec:
+    if not Path(location).expanduser().is_dir() and not HUB_ID.match(location):
         raise RowRejected("model", name, f"not a preset ({', '.join(preset_names())}), "
-                          "an existing folder or a hub id of the form owner/name")
-    read_config = _config_reader(name)
+                          "an existing folder or a hub id of the form owner/name (optionally as FAMILY:LOCATION)")
+    read_config = _config_reader(location)
     try:
         index = read_config("")
     except Exception as exc:
         raise RowRejected("model", name, f"no readable model_index.json in the folder or hub repo "
                           f"({type(exc).__name__}: {exc})"[:300]) from None
     class_name = index.get("_class_name")
-    family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
     if family is None:
-        supported = sorted({f.pipeline_class for f in FAMILIES.values()})
-        raise RowRejected("model", name, f"pipeline {class_name!r} is not supported (supported: {', '.join(supported)})")
+        family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
+        if family is None:
+            supported = sorted({f.pipeline_class for f in FAMILIES.values()})
+            raise RowRejected("model", name, f"pipeline {class_name!r} is not supported (supported: "
+                              f"{', '.join(supported)}; name a family explicitly as FAMILY:LOCATION)")
+    elif class_name not in (family.pipeline_class, *family.compatible_classes):
+        loadable = ", ".join((family.pipeline_class, *family.compatible_classes))
+        raise RowRejected("model", name, f"family {family.name!r} cannot load a {class_name} checkpoint ({loadable})")
     window = family.window_from_checkpoint(read_config)
     defaults = Defaults(**{**family.defaults.__dict__, "num_frames": window})
-    return ModelSpec(name, family, "checkpoint", window, defaults, location=name)
+    return ModelSpec(name, family, "checkpoint", window, defaults, location=location)
 
 
 def _config_reader(name: str):

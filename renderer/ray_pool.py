@@ -29,8 +29,8 @@ class RenderActor:
 
         from .model import load
 
-        if device == "cpu":
-            torch.set_num_threads(threads)
+        if device == "cpu":  # never more threads than this node's cores: oversubscribed torch threads spin
+            torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         self.model = load(model, device, **load_options)
         self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         self.name = f"{socket.gethostname()}:{os.getpid()}"

@@ -66,9 +66,11 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     spec = _model_spec(row.get("model"), default_model)
     family = spec.family
     d = spec.defaults
+    params = _params(row.get("params"), spec)
     num_frames = _positive_int(row, "num_frames", d.num_frames)
-    if num_frames > spec.window:
-        raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({spec.window} frames)")
+    limit = family.frame_limit(spec.window, params)
+    if num_frames > limit:
+        raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({limit} frames)")
     return RenderRequest(
         id=row_id,
         model=spec.name,
@@ -84,7 +86,7 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         negative_prompt=_text(row, "negative_prompt", spec),
         image=_conditioning(row, "image", spec, table_dir),
         video=_conditioning(row, "video", spec, table_dir),
-        params=_params(row.get("params"), spec),
+        params=params,
     )
 
 

@@ -114,3 +114,12 @@ def test_pickle_only_checkpoints_are_refused(tmp_path):
     renderer.load("tiny-animatediff").pipeline.save_pretrained(folder, safe_serialization=False)
     with pytest.raises(Exception, match="safetensors"):
         renderer.load(str(folder))
+
+
+def test_a_family_can_be_named_for_a_checkpoint_folder(tmp_path):
+    folder = tmp_path / "xt"
+    renderer.load("tiny-svd-xt").pipeline.save_pretrained(folder)
+    spec = resolve_model(f"svd-xt:{folder}")
+    assert (spec.family.name, spec.location, spec.window) == ("svd-xt", str(folder), 25)
+    with pytest.raises(RowRejected, match="family 'animatediff' cannot load a StableVideoDiffusionPipeline"):
+        resolve_model(f"animatediff:{folder}")

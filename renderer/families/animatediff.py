@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Defaults, Family, Param
+from .base import FREE_INIT, Defaults, Family, Param, set_free_init
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
 
 
@@ -24,11 +24,31 @@ class AnimateDiff(Family):
         return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
                     unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
 
+    def frame_limit(self, window, params):
+        # FreeNoise denoises overlapping context windows inside one call: any length on one actor
+        return MAX_FREE_NOISE_FRAMES if params.get("free_noise") is not None else window
+
+    def configure(self, pipeline, request, base_scheduler):
+        super().configure(pipeline, request, base_scheduler)
+        free_init, free_noise = request.params.get("free_init"), request.params.get("free_noise")
+        set_free_init(pipeline, free_init)
+        pipeline.enable_free_noise(**free_noise) if free_noise is not None else pipeline.disable_free_noise()
+
     def pipeline_kwargs(self, request, image, video):
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
                     guidance_scale=request.guidance_scale, **self.call_params(request))
 
+
+MAX_FREE_NOISE_FRAMES = 2048
+FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context windows in one call (true or options)",
+                   fields={
+                       "context_length": Param(int, "frames per context window", minimum=1, maximum=32),
+                       "context_stride": Param(int, "step between windows", minimum=1),
+                       "weighting_scheme": Param(str, "blending of overlaps",
+                                                 choices=("flat", "pyramid", "delayed_reverse_sawtooth")),
+                       "noise_type": Param(str, "initial noise", choices=("shuffle_context", "repeated_context", "random")),
+                   })
 
 ANIMATEDIFF = AnimateDiff(
     name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16,
@@ -39,6 +59,7 @@ ANIMATEDIFF = AnimateDiff(
         "clip_skip": Param(int, "CLIP layers to skip", minimum=0),
         "decode_chunk_size": Param(int, "frames the VAE decodes at once", minimum=1),
     },
+    options={"free_init": FREE_INIT, "free_noise": FREE_NOISE},
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++", "pndm"),
     checkpoints=("guoyww/animatediff-motion-adapter-v1-5-2 on runwayml/stable-diffusion-v1-5 (saved as one AnimateDiffPipeline folder)",),
 )

@@ -57,6 +57,8 @@ class Param:
     def _check_fields(self, key: str, value: Any) -> dict:
         if value is True:  # {"free_init": true}: the pipeline's own defaults
             return {}
+        if value is False:  # {"free_init": false}: off, as when absent
+            return None
         if not isinstance(value, dict):
             raise RowRejected(f"params.{key}", value, "must be true or an object of " + ", ".join(self.fields))
         unknown = [k for k in value if k not in self.fields]
@@ -64,6 +66,22 @@ class Param:
             raise RowRejected(f"params.{key}.{unknown[0]}", value[unknown[0]],
                               f"not an option of {key} (allowed: {', '.join(self.fields)})")
         return {k: self.fields[k].check(f"{key}.{k}", v) for k, v in value.items()}
+
+
+FREE_INIT = Param(dict, "FreeInit: re-initialise low frequencies over num_iters denoising passes (true or options)",
+                  fields={  # enable_free_init's arguments; diffusers implements only these three filters
+                      "method": Param(str, "low-pass filter", choices=("butterworth", "gaussian", "ideal")),
+                      "num_iters": Param(int, "rounds (each one is a full denoising pass)", minimum=1, maximum=10),
+                      "use_fast_sampling": Param(bool, "coarse-to-fine: fewer steps in the early rounds"),
+                      "order": Param(int, "butterworth filter order", minimum=1),
+                      "spatial_stop_frequency": Param(float, "spatial cut-off", minimum=0.0, maximum=1.0),
+                      "temporal_stop_frequency": Param(float, "temporal cut-off", minimum=0.0, maximum=1.0),
+                  })
+
+
+def set_free_init(pipeline, options: dict | None) -> None:
+    """FreeInit on with the row's options, or off: set on every row so it never leaks into the next."""
+    pipeline.enable_free_init(**options) if options is not None else pipeline.disable_free_init()
 
 
 MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the pipeline's arguments
@@ -87,12 +105,15 @@ class Family(ABC):
     window: int  # frames one pipeline call renders natively
     defaults: Defaults
     tiny_defaults: Defaults
-    params: Mapping[str, Param] = field(default_factory=dict)
+    params: Mapping[str, Param] = field(default_factory=dict)  # the pipeline call's own keyword arguments
+    options: Mapping[str, Param] = field(default_factory=dict)  # per-row pipeline state set in `configure`
     # diffusers arguments set through a typed column, so `params` may not set them again
     column_aliases: Mapping[str, str] = field(default_factory=dict)
     schedulers: tuple[str, ...] = ()
     checkpoints: tuple[str, ...] = ()
     required: tuple[str, ...] = ()  # what a row must give; default: every input
+    # other pipeline classes whose checkpoints this family loads when named as FAMILY:LOCATION
+    compatible_classes: tuple[str, ...] = ()
     memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking")
 
     def __post_init__(self):
@@ -101,7 +122,7 @@ class Family(ABC):
 
     def allowed_params(self) -> dict[str, Param]:
         """The family's pipeline arguments plus the renderer options it supports."""
-        allowed = dict(self.params)
+        allowed = {**self.params, **self.options}
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
         allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
@@ -110,6 +131,10 @@ class Family(ABC):
     def call_params(self, request) -> dict:
         """The row's params that are the pipeline's own keyword arguments (renderer options removed)."""
         return {k: v for k, v in request.params.items() if k in self.params}
+
+    def frame_limit(self, window: int, params: dict) -> int:
+        """Most frames one row may ask for with these params (the native window unless a mode lifts it)."""
+        return window
 
     def window_from_checkpoint(self, read_config) -> int:
         """The native window of a real checkpoint; `read_config(subfolder)` returns its config dict."""
@@ -122,12 +147,24 @@ class Family(ABC):
     def build(self, size: str, device: str, dtype) -> Any:
         """The pipeline with seeded random weights, built directly on `device` (fast for full-size models)."""
         import diffusers
+        import torch
 
         from .components import place, seeded_build
 
         with seeded_build(device):
             parts = self.components(size)
+        for part in parts.values():  # inference mode, as from_pretrained leaves a loaded checkpoint
+            if isinstance(part, torch.nn.Module):
+                part.eval()
         return place(getattr(diffusers, self.pipeline_class)(**parts), device, dtype)
+
+    def prepare_pipeline(self, pipeline) -> None:
+        """Adjust a freshly built or loaded pipeline once (attention processors, compatibility shims)."""
+        from .components import expose_text_model
+
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipeline, name, None) is not None:
+                expose_text_model(getattr(pipeline, name))
 
     @abstractmethod
     def pipeline_kwargs(self, request, image, video) -> dict:

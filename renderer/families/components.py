@@ -36,6 +36,18 @@ def place(pipeline, device: str, dtype):
     return pipeline.to(device) if dtype == torch.float32 else pipeline.to(device=device, dtype=dtype)
 
 
+def expose_text_model(text_encoder) -> None:
+    """Give a transformers 5 CLIP text encoder the `text_model` attribute diffusers' clip_skip path reads.
+
+    transformers 5 flattened CLIPTextModel (its final LayerNorm moved from `text_model.final_layer_norm`
+    to `final_layer_norm`), while diffusers 0.42 pipelines still read
+    `text_encoder.text_model.final_layer_norm` whenever clip_skip is set (I2VGen-XL sets it by default).
+    The alias is the model itself, kept out of the module registry so weights and saving are unchanged.
+    """
+    if not hasattr(text_encoder, "text_model"):
+        object.__setattr__(text_encoder, "text_model", text_encoder)
+
+
 def _byte_alphabet() -> list[str]:
     # GPT-2/CLIP byte-to-unicode table: every byte gets a printable character
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
