@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import BadOutput
 from .inputs import load_image, load_video
-from .models import ModelSpec, resolve_model
+from .models import ModelSpec, read_model_config, resolve_model
 from .request import RenderRequest, to_request
 
 
@@ -52,6 +52,16 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return video
 
 
+def absent_components(location: str) -> dict:
+    """Components a checkpoint was saved without (null in model_index.json), passed as None.
+
+    Some pipelines (Text2Video-Zero) declare no optional components, so from_pretrained refuses a folder
+    saved without, say, a safety checker unless it is told so explicitly."""
+    index = read_model_config(location, "")
+    return {name: None for name, value in index.items()
+            if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}
+
+
 def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False) -> Model:
     """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
 
@@ -67,7 +77,8 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
         import diffusers
 
         cls = getattr(diffusers, spec.family.pipeline_class)
-        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True).to(build_on)
+        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True,
+                                       **absent_components(spec.location)).to(build_on)
     else:
         pipeline = spec.family.build(spec.source, build_on, dtype)
     spec.family.prepare_pipeline(pipeline)

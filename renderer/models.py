@@ -50,7 +50,7 @@ def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSp
     if not Path(location).expanduser().is_dir() and not HUB_ID.match(location):
         raise RowRejected("model", name, f"not a preset ({', '.join(preset_names())}), "
                           "an existing folder or a hub id of the form owner/name (optionally as FAMILY:LOCATION)")
-    read_config = _config_reader(location)
+    read_config = functools.partial(read_model_config, location)
     try:
         index = read_config("")
     except Exception as exc:
@@ -71,17 +71,12 @@ def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSp
     return ModelSpec(name, family, "checkpoint", window, defaults, location=location)
 
 
-def _config_reader(name: str):
-    """read(subfolder) -> dict: model_index.json ('') or SUBFOLDER/config.json, from a folder or the hub cache."""
-    folder = Path(name).expanduser()
+def read_model_config(location: str, subfolder: str) -> dict:
+    """model_index.json (subfolder '') or SUBFOLDER/config.json of a folder or hub id (HF_HUB_OFFLINE=1: cache only)."""
+    filename = "model_index.json" if not subfolder else f"{subfolder}/config.json"
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        return json.loads((folder / filename).read_text())
+    from huggingface_hub import hf_hub_download
 
-    def read(subfolder: str) -> dict:
-        filename = "model_index.json" if not subfolder else f"{subfolder}/config.json"
-        if folder.is_dir():
-            return json.loads((folder / filename).read_text())
-        from huggingface_hub import hf_hub_download
-
-        # with HF_HUB_OFFLINE=1 this reads the local cache only
-        return json.loads(Path(hf_hub_download(name, filename)).read_text())
-
-    return read
+    return json.loads(Path(hf_hub_download(location, filename)).read_text())

@@ -71,7 +71,7 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     limit = family.frame_limit(spec.window, params)
     if num_frames > limit:
         raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({limit} frames)")
-    return RenderRequest(
+    request = RenderRequest(
         id=row_id,
         model=spec.name,
         family=family.name,
@@ -88,6 +88,8 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         video=_conditioning(row, "video", spec, table_dir),
         params=params,
     )
+    family.check_request(request)
+    return request
 
 
 def _model_spec(value, default_model) -> ModelSpec:

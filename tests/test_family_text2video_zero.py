@@ -143,10 +143,6 @@ def test_saved_t2v_zero_folder_resolves_to_the_family(tmp_path):
     assert (spec.family.name, spec.source, spec.window, spec.defaults.height) == ("t2v-zero", "checkpoint", 8, 512)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="diffusers' TextToVideoZeroPipeline declares no _optional_components, so from_pretrained "
-                          "refuses a folder saved without a safety checker unless safety_checker=None and "
-                          "feature_extractor=None are passed; renderer.load passes nothing")
 def test_saved_t2v_zero_folder_without_safety_checker_renders(tmp_path):
     fresh("t2v-zero").save_pretrained(tmp_path / "my-t2v-zero")
     frames = renderer.load(str(tmp_path / "my-t2v-zero")).render(

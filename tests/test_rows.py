@@ -1,11 +1,13 @@
 """Row-level rules, seeds and output paths: pure, table-driven, no Ray and no weights."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from renderer.errors import RowRejected
 from renderer.paths import slug, video_relpath
 from renderer.request import derive_seed, to_request
+from renderer.video import write_mp4
 
 
 def request(row, **kw):
@@ -62,6 +64,19 @@ BAD_ROWS = [  # (row, column named in the error, words of the rule)
     ({"model": "tiny-svd", "image": "cond.png", "params": '{"motion_bucket_id": "high"}'}, "params.motion_bucket_id",
      "must be int"),
     ({"model": "tiny-animatediff", "prompt": "x", "params": '{"scheduler": "magic"}'}, "params.scheduler", "one of"),
+    # family rules over several fields, checked on the driver before any weights load
+    ({"model": "tiny-t2v-zero", "prompt": "x", "params": '{"t1": 9}'}, "params.t1", "must be < num_inference_steps"),
+    ({"model": "tiny-t2v-zero", "prompt": "x", "guidance_scale": 1.0}, "guidance_scale", "must be > 1"),
+    ({"model": "tiny-controlnet-video", "prompt": "x", "video": "clip.mp4",
+      "params": '{"control_guidance_start": 0.8, "control_guidance_end": 0.2}'}, "params.control_guidance_start",
+     "must be below"),
+    ({"model": "tiny-pia", "prompt": "x", "image": "cond.png", "params": '{"strength": 0.1}'}, "params.strength",
+     "leaves no denoising step"),
+    ({"model": "tiny-modelscope", "prompt": "x", "params": '{"strength": 0.5}'}, "params.strength",
+     "applies only to a row that gives a `video`"),
+    ({"model": "tiny-animatediff", "prompt": "x", "video": "missing.mp4"}, "video", "takes no video"),
+    ({"model": "tiny-controlnet-video", "prompt": "x", "video": "not-an-image.png"}, "video", "not a readable video"),
+    ({"model": "tiny-controlnet-video", "prompt": "x", "video": "https://x/y.mp4"}, "video", "URLs/URIs"),
     ({"prompt": "x"}, "model", "no model"),
     ({"prompt": "x", "model": "no-such-model"}, "model", "not a preset"),
     ({"prompt": "x", "model": "/no/such/folder"}, "model", "not a preset"),
@@ -71,6 +86,7 @@ BAD_ROWS = [  # (row, column named in the error, words of the rule)
 @pytest.mark.parametrize("row, column, rule", BAD_ROWS, ids=[f"{c}:{r}" for _, c, r in BAD_ROWS])
 def test_bad_rows_are_rejected_naming_column_value_and_rule(row, column, rule, image_file):
     (image_file.parent / "not-an-image.png").write_text("this is text")
+    write_mp4(np.zeros((4, 64, 64, 3), np.uint8) + 128, image_file.parent / "clip.mp4", 4)
     with pytest.raises(RowRejected) as info:
         request(row, table_dir=image_file.parent)
     message = str(info.value)

@@ -132,6 +132,10 @@ class Family(ABC):
         """The row's params that are the pipeline's own keyword arguments (renderer options removed)."""
         return {k: v for k, v in request.params.items() if k in self.params}
 
+    def check_request(self, request) -> None:
+        """Rules that tie several fields together, checked on the driver (and by `render validate`):
+        raise RowRejected naming the column. Single values are checked by their Param already."""
+
     def frame_limit(self, window: int, params: dict) -> int:
         """Most frames one row may ask for with these params (the native window unless a mode lifts it)."""
         return window

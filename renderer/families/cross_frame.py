@@ -107,9 +107,11 @@ class ControlNetVideo(CrossFrameVideo):
         set_video_copies(pipeline.unet, 2 if guided else 1)
         set_video_copies(pipeline.controlnet, 2 if guided and not guess_mode else 1)
 
+    def check_request(self, request):
+        check_control_window(request.params)
+
     def pipeline_kwargs(self, request, image, video):
         params = self.call_params(request)
-        check_control_window(params)
         return dict(prompt=repeated(request.prompt, len(video)), image=video,
                     negative_prompt=repeated(request.negative_prompt, len(video)), height=request.height,
                     width=request.width, num_inference_steps=request.num_inference_steps,

@@ -110,8 +110,10 @@ class PIA(Family):
         return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
                     unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
 
-    def pipeline_kwargs(self, request, image, video):
+    def check_request(self, request):
         check_strength_leaves_a_step(request)
+
+    def pipeline_kwargs(self, request, image, video):
         # PIA encodes the image at its own size: resize it to the video's, as the PIA guide does
         return dict(image=image.resize((request.width, request.height)), prompt=request.prompt,
                     negative_prompt=request.negative_prompt, num_frames=request.num_frames, height=request.height,

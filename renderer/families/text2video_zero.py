@@ -28,11 +28,14 @@ class TextToVideoZero(Family):
                     unet=sd15_unet(size), scheduler=ddim, safety_checker=None, feature_extractor=None,
                     requires_safety_checker=False)
 
-    def pipeline_kwargs(self, request, image, video):
+    def check_request(self, request):
         if request.guidance_scale <= 1:
             # without classifier-free guidance the cross-frame attention splits the frames into wrong groups
             # (and the SD1.5 pipeline fails outright)
             raise RowRejected("guidance_scale", request.guidance_scale, "must be > 1 for Text2Video-Zero")
+        motion_timesteps(request)
+
+    def pipeline_kwargs(self, request, image, video):
         params = {**self.call_params(request), **motion_timesteps(request)}
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, video_length=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,

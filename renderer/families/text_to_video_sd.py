@@ -48,25 +48,30 @@ class TextToVideoSD(Family):
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
         return dict(vae=sd_vae(size), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim)
 
+    def check_request(self, request):
+        params, upscale = request.params, request.params.get("upscale")
+        if request.video is None:
+            if "strength" in params:
+                raise RowRejected("params.strength", params["strength"], "applies only to a row that gives a `video`")
+        else:
+            check_denoises("params.strength", params.get("strength", GUIDE_STRENGTH), request.num_inference_steps)
+            if upscale is not None:
+                raise RowRejected("params.upscale", upscale, "applies only to text-to-video rows (this row gives a `video`)")
+        if upscale is not None:
+            upscale_settings(request, upscale)
+
     def pipeline_kwargs(self, request, image, video):
         kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt,
                       num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
                       **self.call_params(request))
         if video is not None:
-            kwargs.setdefault("strength", GUIDE_STRENGTH)
-            check_denoises("params.strength", kwargs["strength"], request.num_inference_steps)
-            return dict(kwargs, video=video)
-        if "strength" in kwargs:
-            raise RowRejected("params.strength", kwargs["strength"], "applies only to a row that gives a `video`")
+            return dict(kwargs, video=video, strength=kwargs.get("strength", GUIDE_STRENGTH))
         return dict(kwargs, num_frames=request.num_frames, height=request.height, width=request.width)
 
     def generate(self, pipeline, request, image, video, generator):
         kwargs = self.pipeline_kwargs(request, image, video)
         upscale = request.params.get("upscale")
         if video is not None:
-            if upscale is not None:
-                raise RowRejected("params.upscale", upscale,
-                                  "applies only to text-to-video rows (this row gives a `video`)")
             return video_to_video(pipeline)(**kwargs, generator=generator, output_type="np").frames[0]
         if upscale is None:
             return pipeline(**kwargs, generator=generator, output_type="np").frames[0]
@@ -74,16 +79,7 @@ class TextToVideoSD(Family):
 
     def generate_upscaled(self, pipeline, request, kwargs, upscale, generator):
         """The guide's two stages; the row's height/width is the final size, so the mp4 and metadata agree."""
-        from ..models import resolve_model
-
-        first_size = resolve_model(request.model).defaults  # 576x320 for Zeroscope checkpoints
-        width, height = upscale.get("from_width", first_size.width), upscale.get("from_height", first_size.height)
-        for key, value in (("from_width", width), ("from_height", height)):
-            if value % 8:
-                raise RowRejected(f"params.upscale.{key}", value, "must be divisible by 8")
-        steps = upscale.get("num_inference_steps", request.num_inference_steps)
-        strength = upscale.get("strength", GUIDE_STRENGTH)
-        check_denoises("params.upscale.strength", strength, steps)
+        width, height, steps, strength = upscale_settings(request, upscale)
         upscaler = self.upscaler(upscale.get("model"), pipeline, request)
 
         # one generator for both calls, as one script running the guide's two calls would use it
@@ -136,6 +132,21 @@ def load_upscaler(name: str, device: str, dtype):
     if not Path(name).expanduser().is_dir() and not HUB_ID.match(name):
         raise RowRejected(column, name, "not a preset, an existing folder or a hub id of the form owner/name")
     return diffusers.VideoToVideoSDPipeline.from_pretrained(name, torch_dtype=dtype, use_safetensors=True).to(device)
+
+
+def upscale_settings(request, upscale: dict) -> tuple[int, int, int, float]:
+    """(first-stage width, height, second-stage steps, strength), checked."""
+    from ..models import resolve_model
+
+    first_size = resolve_model(request.model).defaults  # 576x320 for Zeroscope checkpoints
+    width, height = upscale.get("from_width", first_size.width), upscale.get("from_height", first_size.height)
+    for key, value in (("from_width", width), ("from_height", height)):
+        if value % 8:
+            raise RowRejected(f"params.upscale.{key}", value, "must be divisible by 8")
+    steps = upscale.get("num_inference_steps", request.num_inference_steps)
+    strength = upscale.get("strength", GUIDE_STRENGTH)
+    check_denoises("params.upscale.strength", strength, steps)
+    return width, height, steps, strength
 
 
 def check_denoises(column: str, strength: float, num_inference_steps: int) -> None:
