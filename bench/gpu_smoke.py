@@ -51,7 +51,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     inputs(args.out)
     rows = [r for name in args.families.split(",") for r in rows_for(FAMILIES[name], args.steps)]
-    pq.write_table(pa.Table.from_pylist(rows), args.out / "table.parquet")
+    columns = sorted({key for row in rows for key in row})  # from_pylist alone keeps only the first row's keys
+    pq.write_table(pa.table({c: [row.get(c) for row in rows] for c in columns}), args.out / "table.parquet")
     start = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", "jobs.cli", "run", str(args.out / "table.parquet"),
                             "--out", str(args.out / "run"), "--device", "cuda"])
