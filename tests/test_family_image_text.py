@@ -163,7 +163,7 @@ def test_random_presets_have_the_published_sizes():
     with seeded_build("meta"):
         i2v = resolve_model("random-i2vgenxl").family.components("random")
         pia = resolve_model("random-pia").family.components("random")
-    assert 1.40e9 < count(i2v["unet"]) < 1.44e9  # ali-vilab/i2vgen-xl UNet (2.84 GB in fp16)
+    assert count(i2v["unet"]) / 1e9 == pytest.approx(1.42, abs=0.02)  # ali-vilab/i2vgen-xl UNet (2.84 GB in fp16)
     assert 3.3e8 < count(i2v["text_encoder"]) < 3.5e8  # OpenCLIP ViT-H/14 text tower, 23 layers
     assert 6.2e8 < count(i2v["image_encoder"]) < 6.4e8  # CLIP ViT-H/14 vision tower
     assert 8.5e8 < count(pia["unet"]) < 8.7e8  # SD1.5 UNet

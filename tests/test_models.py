@@ -75,12 +75,12 @@ def count(module) -> float:
 
 def test_random_presets_have_the_published_sizes():
     svd_xt = random_components("random-svd-xt")
-    assert 1.50e9 < count(svd_xt["unet"]) < 1.54e9 and svd_xt["unet"].config.num_frames == 25  # SVD-XT UNet
+    assert count(svd_xt["unet"]) / 1e9 == pytest.approx(1.52, abs=0.02) and svd_xt["unet"].config.num_frames == 25  # SVD-XT UNet
     assert 6.2e8 < count(svd_xt["image_encoder"]) < 6.4e8  # CLIP ViT-H/14 vision tower
     ad = random_components("random-animatediff")
     assert 8.5e8 < count(ad["unet"]) < 8.7e8  # SD1.5 UNet
     assert 4.0e8 < count(ad["motion_adapter"]) < 4.6e8  # motion adapter v1-5-2
-    assert 1.2e8 < count(ad["text_encoder"]) < 1.3e8  # CLIP ViT-L/14 text encoder
+    assert count(ad["text_encoder"]) / 1e6 == pytest.approx(125, abs=5)  # CLIP ViT-L/14 text encoder
 
 
 def test_saved_checkpoint_folder_loads_and_renders(ray_session, animatediff, tmp_path):
