@@ -1,5 +1,4 @@
 """Row-level rules, seeds and output paths: pure, table-driven, no Ray and no weights."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 from click.testing import CliRunner
 from PIL import Image
 

@@ -68,18 +68,27 @@ def clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def clip_text_encoder(size: str, tokenizer):
-    """CLIP text model: tiny, or ViT-L/14 (Stable Diffusion 1.5's text encoder)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+TEXT_TOWERS = {  # full-size CLIP text encoders of the published checkpoints
+    "vit-l": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                  projection_dim=768, hidden_act="quick_gelu"),  # SD1.5, SDXL's first
+    "vit-h": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                  projection_dim=512, hidden_act="gelu"),  # OpenCLIP ViT-H/14 less its last layer: SD2, ModelScope, I2VGen-XL
+    "bigg": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                 projection_dim=1280, hidden_act="gelu"),  # OpenCLIP ViT-bigG/14: SDXL's second
+}
+
+
+def clip_text_encoder(size: str, tokenizer, tower: str = "vit-l", with_projection: bool = False):
+    """A CLIP text model: tiny, or the full-size `tower` of TEXT_TOWERS (with its projection if asked)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if size == "tiny":
         config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
                                 vocab_size=1000, projection_dim=32, **ids)
     else:
-        config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                                vocab_size=49408, projection_dim=768, hidden_act="quick_gelu", **ids)
-    return CLIPTextModel(config)
+        config = CLIPTextConfig(vocab_size=49408, **TEXT_TOWERS[tower], **ids)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
 def clip_image_encoder(size: str):

@@ -20,18 +20,6 @@ def seeded_global_rng(seed: int, device):
         yield
 
 
-def open_clip_h_text_encoder(size: str, tokenizer):
-    """The OpenCLIP ViT-H/14 text tower as a CLIPTextModel (Stable Diffusion 2.1 and I2VGen-XL), or a tiny one."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    if size == "tiny":
-        return clip_text_encoder("tiny", tokenizer)
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
-                            vocab_size=49408, projection_dim=512, hidden_act="gelu", **ids)
-    return CLIPTextModel(config)
-
-
 @dataclass(frozen=True)
 class I2VGenXL(Family):
     def components(self, size):
@@ -55,7 +43,7 @@ class I2VGenXL(Family):
         ddim = scheduler("DDIMScheduler", beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
                          prediction_type="v_prediction", rescale_betas_zero_snr=True, clip_sample=False,
                          set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading")
-        return dict(vae=sd_vae(size), text_encoder=open_clip_h_text_encoder(size, tokenizer), tokenizer=tokenizer,
+        return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer, "vit-h"), tokenizer=tokenizer,
                     image_encoder=clip_image_encoder(size), feature_extractor=clip_image_processor(), unet=unet,
                     scheduler=ddim)
 

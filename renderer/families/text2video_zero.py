@@ -75,7 +75,7 @@ class TextToVideoZeroSDXL(TextToVideoZero):
     def components(self, size):
         tokenizer = clip_tokenizer()
         return dict(vae=sdxl_vae(size), text_encoder=clip_text_encoder(size, tokenizer),
-                    text_encoder_2=sdxl_text_encoder_2(size, tokenizer), tokenizer=tokenizer, tokenizer_2=clip_tokenizer(),
+                    text_encoder_2=clip_text_encoder(size, tokenizer, "bigg", with_projection=True), tokenizer=tokenizer, tokenizer_2=clip_tokenizer(),
                     unet=sdxl_unet(size), scheduler=sdxl_euler(),
                     add_watermarker=False)  # a post-process that would depend on an optional package
 
@@ -100,20 +100,6 @@ def sdxl_unet(size: str):
         attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
         cross_attention_dim=2048)
-
-
-def sdxl_text_encoder_2(size: str, tokenizer):
-    """SDXL's second text encoder with projection: tiny, or OpenCLIP ViT-bigG/14."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if size == "tiny":
-        config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
-                                vocab_size=1000, projection_dim=32, **ids)
-    else:
-        config = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-                                vocab_size=49408, projection_dim=1280, hidden_act="gelu", **ids)
-    return CLIPTextModelWithProjection(config)
 
 
 def sdxl_vae(size: str):

@@ -35,7 +35,6 @@ class TextToVideoSD(Family):
                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=2)
-            text_encoder = clip_text_encoder("tiny", tokenizer)
         else:  # damo-vilab/text-to-video-ms-1.7b; Zeroscope v2 is a fine-tune of the same architecture
             # attention_head_dim=64 as the checkpoint writes it: diffusers reads it as the head count (its naming quirk)
             unet = UNet3DConditionModel(
@@ -43,10 +42,10 @@ class TextToVideoSD(Family):
                 out_channels=4, down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
                 up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3, cross_attention_dim=1024,
                 attention_head_dim=64, norm_num_groups=32)
-            text_encoder = open_clip_text_encoder(tokenizer)
         ddim = scheduler("DDIMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
-        return dict(vae=sd_vae(size), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=ddim)
+        return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer, "vit-h"), tokenizer=tokenizer,
+                    unet=unet, scheduler=ddim)
 
     def check_request(self, request):
         params, upscale = request.params, request.params.get("upscale")
@@ -154,17 +153,6 @@ def check_denoises(column: str, strength: float, num_inference_steps: int) -> No
     if int(num_inference_steps * strength) < 1:
         raise RowRejected(column, strength, f"too small: strength x num_inference_steps ({num_inference_steps}) "
                           "must give at least one denoising step")
-
-
-def open_clip_text_encoder(tokenizer):
-    """OpenCLIP ViT-H/14's text tower as a CLIPTextModel (penultimate layer kept: 23 layers), as in SD 2."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
-                            vocab_size=49408, projection_dim=512, hidden_act="gelu", max_position_embeddings=77,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(config)
 
 
 PARAMS = {
