@@ -52,6 +52,15 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
+    Rows that break a rule are recorded `rejected` with the column, value and rule; run
+    `render validate` first to see them.
+
+    \b
+    Examples:
+      render run examples/example.parquet --out out/
+      render run prompts.parquet --out runs/a --model tiny-animatediff --actors 2
+      render run rows.parquet --out runs/b --device cuda --model stabilityai/stable-video-diffusion-img2vid-xt
+      render run rows.parquet --out runs/c --model t2v-zero:/models/sd15 --cpu-offload
     """
     from cluster.connect import connect
     from renderer.run import RunConfig, plan_rows, run as run_all
