@@ -47,6 +47,16 @@ def write_table(path: Path, rows: list[dict], types: dict | None = None) -> Path
     return path
 
 
+def plain_uint8(frames) -> np.ndarray:
+    """A plain diffusers call's float frames as uint8, by diffusers' own numpy_to_pil conversion."""
+    return (np.asarray(frames) * 255).round().astype(np.uint8)
+
+
+def count(module) -> int:
+    """Parameters of a module (meta-device modules too)."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def read_metadata(out: Path) -> dict[str, dict]:
     return {r["id"]: r for r in pq.read_table(out / "metadata.parquet").to_pylist()}
 

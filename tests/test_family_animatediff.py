@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from diffusers import DPMSolverMultistepScheduler
 
 import renderer
-from conftest import write_table
+from conftest import plain_uint8, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 
@@ -22,7 +22,7 @@ def plain(model, **extra):
     frames = model.pipeline(prompt=ROW["prompt"], num_frames=extra.pop("num_frames", 8), height=64, width=64,
                             num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(21),
                             output_type="np", **extra).frames[0]
-    return (np.asarray(frames) * 255).round().astype(np.uint8)
+    return plain_uint8(frames)
 
 
 def test_free_init_equals_the_plain_call_and_does_not_leak(model):

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import CrossFrameAttnProcessor
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
@@ -17,10 +17,6 @@ from renderer.models import resolve_model
 from renderer.video import read_mp4, write_mp4
 
 FAST = {"num_frames": 4, "num_inference_steps": 2}
-
-
-def plain_uint8(frames) -> np.ndarray:
-    return (np.asarray(frames) * 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +132,6 @@ def test_saved_folder_loads_with_cross_frame_attention(request, edges, tmp_path,
         assert processors and all(isinstance(p, CrossFrameAttnProcessor) for p in processors)
     frames = loaded.render({"prompt": "a robot", "video": str(edges), "height": 64, "width": 64, **FAST})
     assert frames.shape == (4, 64, 64, 3)
-
-
-def count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_random_presets_have_the_published_sizes():

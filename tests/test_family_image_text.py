@@ -7,7 +7,7 @@ from diffusers import I2VGenXLPipeline
 from PIL import Image
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
@@ -15,10 +15,6 @@ from renderer.models import resolve_model
 from renderer.video import read_mp4
 
 PROMPT, NEGATIVE = "a lantern swaying in the wind", "blurry"
-
-
-def plain_uint8(frames) -> np.ndarray:
-    return (np.asarray(frames) * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil conversion
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +149,6 @@ def test_saved_checkpoint_folder_loads_and_renders_the_same(request, tmp_path, i
     assert loaded.shape == (4, 64, 64, 3)
     # same weights; presets are built in train mode, checkpoints load in eval mode (the VAE differs in the last bit)
     assert np.abs(loaded.astype(int) - model.render(row)).max() <= 1
-
-
-def count(module) -> float:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_random_presets_have_the_published_sizes():

@@ -7,16 +7,12 @@ import torch
 from click.testing import CliRunner
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 from renderer.families.components import clip_image_processor, seeded_build
 from renderer.models import resolve_model
 from renderer.video import read_mp4
-
-
-def plain_uint8(frames) -> np.ndarray:
-    return (np.asarray(frames) * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil conversion
 
 
 @pytest.fixture(scope="module")
@@ -179,10 +175,6 @@ def test_image_checkpoints_load_when_named_with_the_family(family, request, tmp_
     frames = renderer.load(f"{family}:{tmp_path / 'ckpt'}").render(row)
     assert frames.shape == (3, 64, 64, 3)
     assert np.abs(frames.astype(int) - model.render(row)).mean() < 0.1  # the same model
-
-
-def count(module) -> float:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_random_presets_have_the_published_sizes():

@@ -13,17 +13,13 @@ from diffusers.utils import load_video
 from PIL import Image
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 from renderer.families import text_to_video_sd
 from renderer.families.components import seeded_build
 from renderer.models import resolve_model
 from renderer.video import read_mp4, write_mp4
-
-
-def plain_uint8(frames) -> np.ndarray:
-    return (np.asarray(frames) * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil conversion
 
 
 def params(**knobs) -> str:
@@ -33,10 +29,6 @@ def params(**knobs) -> str:
 def same_weights(a, b) -> bool:
     pairs = [(getattr(a, name).state_dict(), getattr(b, name).state_dict()) for name in ("unet", "vae", "text_encoder")]
     return all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in pairs)
-
-
-def count(module) -> float:
-    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,11 +169,11 @@ def test_cli_renders_text_video_and_upscale_rows(ray_session, tmp_path, video_fi
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(table), "--out", str(out)])
     records = read_metadata(out)
-    for row_id, (count, height, width, fps) in {"t2v": (8, 64, 64, 10), "v2v": (8, 64, 64, 8),
+    for row_id, (frame_count, height, width, fps) in {"t2v": (8, 64, 64, 10), "v2v": (8, 64, 64, 8),
                                                   "up": (6, 64, 96, 8)}.items():
         assert records[row_id]["status"] == "ok", (records[row_id], result.output)
         frames, rate = read_mp4(out / records[row_id]["video_path"])
-        assert frames.shape == (count, height, width, 3) and rate == fps
+        assert frames.shape == (frame_count, height, width, 3) and rate == fps
     assert records["bad"]["status"] == "rejected" and "params.strength" in records["bad"]["error"]
 
 

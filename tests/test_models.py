@@ -8,16 +8,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
 from renderer.models import resolve_model
 from renderer.video import read_mp4
-
-
-def plain_uint8(frames) -> np.ndarray:
-    return (np.asarray(frames) * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil conversion
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +63,6 @@ def random_components(preset: str) -> dict:
     """A full-size preset's components on the meta device: the architecture without allocating weights."""
     with seeded_build("meta"):
         return resolve_model(preset).family.components("random")
-
-
-def count(module) -> float:
-    return sum(p.numel() for p in module.parameters())
 
 
 def test_random_presets_have_the_published_sizes():
