@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from renderer.errors import ConfigError, TableError
+from renderer.request import MAX_FRAMES
 
 EPILOG = """\b
 Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed);
@@ -47,13 +48,17 @@ def main():
 @click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table.")
 @click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (slow first row per shape).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
+              help="Most frames a row may ask for; rows longer than the model's window render as chunks.")
 def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_attempts, no_resume, ignore_extra,
-        cpu_offload, compile_):
+        cpu_offload, compile_, max_frames):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
     Rows that break a rule are recorded `rejected` with the column, value and rule; run
-    `render validate` first to see them.
+    `render validate` first to see them. A row with more frames than its model's window is
+    rendered as overlapping chunks spread over the actors and stitched into one video
+    (params chunk_mode, chunk_window, chunk_overlap; see the README's "Long videos").
 
     \b
     Examples:
@@ -61,14 +66,15 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
       render run prompts.parquet --out runs/a --model tiny-animatediff --actors 2
       render run rows.parquet --out runs/b --device cuda --model stabilityai/stable-video-diffusion-img2vid-xt
       render run rows.parquet --out runs/c --model t2v-zero:/models/sd15 --cpu-offload
+      render run long.parquet --out runs/d --model tiny-animatediff --actors 4 --max-frames 4096
     """
     from cluster.connect import connect
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra, cpu_offload, compile_)
-    try:
-        plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra)  # before Ray starts
+                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames)
+    try:  # before Ray starts
+        plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
         _table_error(exc)
     try:
@@ -83,12 +89,14 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
 @click.argument("tables", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", help="Model for rows without a `model` value.")
 @click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns.")
-def validate(tables, model, ignore_extra):
+@click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
+              help="Most frames a row may ask for.")
+def validate(tables, model, ignore_extra, max_frames):
     """Check TABLES and every row without starting Ray; print what would be rejected."""
     from renderer.run import plan_rows
 
     try:
-        plan = plan_rows(tables, model, ignore_extra=ignore_extra)
+        plan = plan_rows(tables, model, ignore_extra=ignore_extra, max_frames=max_frames)
     except TableError as exc:
         _table_error(exc)
     for record in plan.rejected:

@@ -9,23 +9,38 @@ from pathlib import Path
 from .paths import METADATA_FILE, commit, temp_path_for
 from .request import RenderRequest
 
-FIELDS = {  # name -> pyarrow type name
+FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
     "id": "string", "status": "string", "error": "string", "video_path": "string", "model": "string",
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
     "params": "string", "fingerprint": "string",
+    # long rows (null for a row rendered in one call)
+    "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
+    "seams": "list<float64>", "drift": "list<float64>",
 }
 
 
 def request_record(request: RenderRequest, status: str, error: str | None, attempts: int, info: dict) -> dict:
+    chunked = len(request.plan) > 1
     return {
         "id": request.id, "status": status, "error": error,
         "video_path": request.video_path if status == "ok" else None,
         "model": request.model, "family": request.family, "seed": request.seed,
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
-        "chunks": 1, "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
+        "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
+        "chunk_mode": request.chunk_mode,
+        "chunk_plan": json.dumps([[c.start, c.end] for c in request.plan]) if chunked else None,
+        "chunk_actors": info.get("chunk_actors"), "seams": info.get("seams"), "drift": info.get("drift"),
     }
+
+
+def _arrow_type(kind: str):
+    import pyarrow as pa
+
+    if kind.startswith("list<"):
+        return pa.list_(_arrow_type(kind[5:-1]))
+    return getattr(pa, kind)()
 
 
 def rejected_record(row: dict, error: str) -> dict:
@@ -64,7 +79,7 @@ class MetadataStore:
 
         ids = order if order is not None else list(self.records)
         rows = [{name: self.records[i].get(name) for name in FIELDS} for i in ids if i in self.records]
-        schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in FIELDS.items()])
+        schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
         temp = temp_path_for(self.path)
         try:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)

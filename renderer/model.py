@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput
 from .inputs import load_image, load_video
 from .models import ModelSpec, read_model_config, resolve_model
@@ -27,19 +28,65 @@ class Model:
         """Frames of one row as uint8 (frames, height, width, 3).
 
         A plain dict is validated exactly as a table row is (relative paths resolve against the working
-        directory, the seed defaults to one derived from the id).
+        directory, the seed defaults to one derived from the id). A row longer than the model's window is
+        rendered chunk by chunk and stitched, as the actors of `render run` do it spread over GPUs.
         """
-        import torch
-
         request = row if isinstance(row, RenderRequest) else to_request(
             {"id": "row", **row}, default_model=self.spec.name, table_dir=Path.cwd())
+        if len(request.plan) == 1:
+            return self.render_whole(request)
+        parts = []
+        for chunk in request.plan:
+            chained = request.chunk_mode == CHAIN and chunk.index > 0
+            parts.append(self.render_chunk(request, chunk.index, *(parts[-1], parts[0]) if chained else ()))
+        return self.stitch(request, parts)[0]
+
+    def render_whole(self, request: RenderRequest) -> np.ndarray:
+        """A row that fits the window: the plain diffusers call."""
+        image, video = self._inputs(request, request.num_frames)
+        generator = self._configure(request)
+        return to_uint8(np.asarray(self.spec.family.generate(self.pipeline, request, image, video, generator)))
+
+    def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
+        """One chunk of a long row: uint8 frames, or float32 latents (frames first) where the family stitches
+        latents. Chained chunks get the previous chunk's frames (this chunk starts from its frame at this
+        chunk's start) and the first chunk's frames (their colours are matched to it)."""
+        family, chunk = self.spec.family, request.plan[index]
+        image, video = self._inputs(request, chunk.end)
+        if previous is not None:
+            from PIL import Image
+
+            image = Image.fromarray(previous[chunk.start - request.plan[index - 1].start])
+        generator = self._configure(request)  # reseeded per chunk: every chunk sees the row's own seed
+        out = family.generate_chunk(self.pipeline, request, chunk, image, video, generator)
+        if family.stitches_latents(request):
+            if not np.isfinite(out).all():
+                raise BadOutput("nan_output: the pipeline produced NaN or infinite latents")
+            return out
+        frames = to_uint8(np.asarray(out))
+        return colour_match(frames, first) if first is not None else frames
+
+    def stitch(self, request: RenderRequest, parts: list) -> tuple[np.ndarray, dict]:
+        """The chunks blended into exactly num_frames uint8 frames, and the seam metrics of the result."""
         family = self.spec.family
+        blended = stitch(request.plan, parts)
+        if family.stitches_latents(request):
+            self._configure(request)  # the row's VAE options
+            blended = np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, request, blended)])
+        return blended, seam_metrics(blended, request.plan)
+
+    def _inputs(self, request: RenderRequest, frames: int) -> tuple:
+        """The row's image and the first `frames` frames of its video (None where the row gives none)."""
         image = load_image(request.image) if request.image is not None else None
-        video = None if request.video is None else load_video(
-            request.video, request.num_frames, request.width, request.height)
-        family.configure(self.pipeline, request, self._base_scheduler)
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        return to_uint8(np.asarray(family.generate(self.pipeline, request, image, video, generator)))
+        video = None if request.video is None else load_video(request.video, frames, request.width, request.height)
+        return image, video
+
+    def _configure(self, request: RenderRequest):
+        """Set the row's pipeline state; return the generator seeded by the row's seed."""
+        import torch
+
+        self.spec.family.configure(self.pipeline, request, self._base_scheduler)
+        return torch.Generator("cpu").manual_seed(request.seed)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Terminal progress: rows done / failed / in flight, videos per minute and ETA, then a summary."""
+"""Terminal progress: rows done / failed / in flight, chunks of long rows, videos per minute and ETA."""
 from __future__ import annotations
 
 import sys
@@ -6,9 +6,9 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, stream=sys.stderr, every: float = 10.0):
-        self.total, self.stream, self.every = total, stream, every
-        self.done = self.failed = self.in_flight = 0
+    def __init__(self, total: int, chunks: int = 0, stream=sys.stderr, every: float = 10.0):
+        self.total, self.chunks, self.stream, self.every = total, chunks, stream, every
+        self.done = self.failed = self.in_flight = self.chunks_done = self.retries = 0
         self.started = time.monotonic()
         self._last = 0.0
         self.live = hasattr(stream, "isatty") and stream.isatty()
@@ -17,7 +17,9 @@ class Progress:
         if kind == "start":
             self.in_flight += 1
         elif kind == "retry":
-            self.in_flight -= 1
+            self.retries += 1
+        elif kind == "chunk":
+            self.chunks_done += 1
         elif kind == "done":
             self.in_flight -= 1
             self.done += 1
@@ -33,8 +35,10 @@ class Progress:
         rate = self.done / minutes
         eta = (self.total - self.done) / rate * 60 if rate else float("nan")
         bar = _bar(self.done / self.total if self.total else 1.0)
+        chunks = f"chunks {self.chunks_done}/{self.chunks} | " if self.chunks else ""
+        retries = f"retries {self.retries} | " if self.retries else ""
         line = (f"{bar} {self.done}/{self.total} rows | failed {self.failed} | in flight {self.in_flight} | "
-                f"{rate:.1f} videos/min | ETA {_clock(eta)}")
+                f"{chunks}{retries}{rate:.1f} videos/min | ETA {_clock(eta)}")
         self.stream.write(("\r" + line + "\x1b[K") if self.live else line + "\n")
         self.stream.flush()
 

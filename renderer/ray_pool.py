@@ -1,23 +1,25 @@
 """The Ray shell around the scheduler: GPU actors holding a loaded pipeline, and CPU encode tasks.
 
 Frames travel from the actor to the encode task by ObjectRef and never pass through the driver; the
-actor takes its next row while the last one is encoded. The driver only sees small records.
+actor takes its next task while the last one is encoded. The chunks of a long row stay in the object
+store until the stitch task (on any actor) blends them. The driver only sees small records.
 """
 from __future__ import annotations
 
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
 
 from .errors import RowRejected
-from .scheduler import CRASHED, ERROR, OK, REJECTED, REQUEUE, Outcome
+from .scheduler import CRASHED, ERROR, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
 
 ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
-ROWS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between rows
+TASKS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between tasks
 
 
 @ray.remote
@@ -25,6 +27,8 @@ class RenderActor:
     def __init__(self, model: str, device: str, threads: int, load_options: dict):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the driver's log to what matters
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        # deprecation notices torch raises inside diffusers' Text2Video-Zero warping, once per actor: not the user's to act on
+        warnings.filterwarnings("ignore", message=r"(torch\.meshgrid|Default grid_sample)")
         import torch
 
         from .model import load
@@ -40,9 +44,27 @@ class RenderActor:
 
     @ray.method(num_returns=2)
     def render(self, request):
+        """A whole row: its frames and what the record says of the render."""
         start = time.perf_counter()
-        frames = self.model.render(request)
-        return frames, {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name}
+        frames = self.model.render_whole(request)
+        return frames, self._info(start)
+
+    @ray.method(num_returns=2)
+    def render_chunk(self, request, index: int, previous, first):
+        """One chunk of a long row: its frames or latents (kept in the object store for the stitch) and info."""
+        start = time.perf_counter()
+        output = self.model.render_chunk(request, index, previous, first)
+        return output, self._info(start)
+
+    @ray.method(num_returns=2)
+    def stitch(self, request, *parts):
+        """A long row's chunks blended (and decoded, for latents) into its frames; info with the seam metrics."""
+        start = time.perf_counter()
+        frames, metrics = self.model.stitch(request, list(parts))
+        return frames, {**self._info(start), **metrics}
+
+    def _info(self, start: float) -> dict:
+        return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name}
 
 
 @ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot
@@ -79,6 +101,7 @@ class ActorPool:
         self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads, load_options)) for _ in range(actors)]
         self.out_dir = out_dir
         self.tickets: dict[ray.ObjectRef, tuple[Slot, int]] = {}
+        self.outputs: dict[ray.ObjectRef, ray.ObjectRef] = {}  # a chunk's ticket -> its output
         try:
             ray.get([slot.actor.ready.remote() for slot in self.slots])
         except Exception as exc:
@@ -87,12 +110,20 @@ class ActorPool:
 
     @property
     def capacity(self) -> int:
-        return sum(ROWS_QUEUED_PER_ACTOR for slot in self.slots if slot.restarting is None)
+        return sum(TASKS_QUEUED_PER_ACTOR for slot in self.slots if slot.restarting is None)
 
-    def submit(self, request) -> ray.ObjectRef:
+    def submit(self, task: Task) -> ray.ObjectRef:
+        """Queue a task on the actor with the shortest queue: a whole row or a stitch ends in an encode task
+        (its ticket); a chunk's ticket is its info, and its output stays in the object store for the stitch."""
         slot = min((s for s in self.slots if s.restarting is None), key=lambda s: len(s.queue))
-        frames, info = slot.actor.render.remote(request)
-        ticket = encode.remote(frames, info, str(self.out_dir / request.video_path), request.fps)
+        request = task.request
+        if task.whole_row or task.chunk == STITCH:
+            frames, info = (slot.actor.render.remote(request) if task.whole_row
+                            else slot.actor.stitch.remote(request, *task.parts))
+            ticket = encode.remote(frames, info, str(self.out_dir / request.video_path), request.fps)
+        else:
+            output, ticket = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
+            self.outputs[ticket] = output
         self.tickets[ticket] = (slot, slot.generation)
         slot.queue.append(ticket)
         return ticket
@@ -123,9 +154,12 @@ class ActorPool:
         slot, generation = self.tickets.pop(ticket)
         slot.queue.remove(ticket)
         outcome = outcome_of(ticket)
+        output = self.outputs.pop(ticket, None)
+        if outcome.status == OK:
+            return replace(outcome, output=output)
         if outcome.status != ACTOR_DIED:
             return outcome
-        if generation != slot.generation:  # queued behind the row that took the actor down
+        if generation != slot.generation:  # queued behind the task that took the actor down
             return Outcome(REQUEUE, outcome.error)
         slot.generation += 1
         slot.restarting = slot.actor.ready.remote()

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .chunks import CHAIN, Chunk, plan_chunks
 from .errors import RowRejected
 from .inputs import check_image, check_video, input_identity, input_ref
 from .models import ModelSpec, resolve_model
@@ -23,6 +24,7 @@ INT_COLUMNS = ("num_frames", "height", "width", "num_inference_steps", "fps")
 RESERVED_PARAMS = {"generator", "latents", "output_type", "return_dict", "callback_on_step_end",
                    "callback_on_step_end_tensor_inputs", "prompt_embeds", "negative_prompt_embeds"}
 MAX_SEED = 2**63 - 1
+MAX_FRAMES = 2048  # default cap on a row's num_frames (`--max-frames`)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ class RenderRequest:
     image: str | bytes | None = None  # absolute path or encoded bytes
     video: str | None = None  # absolute path
     params: dict = field(default_factory=dict)
+    chunk_mode: str | None = None  # "anchored" or "chain" for a row of several chunks
+    plan: tuple[Chunk, ...] = ()  # the chunks; default: the whole row in one call
+
+    def __post_init__(self):
+        if not self.plan:
+            object.__setattr__(self, "plan", plan_chunks(self.num_frames, self.num_frames, 0))
 
     @property
     def video_path(self) -> str:
@@ -61,16 +69,17 @@ def derive_seed(base_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
-def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: Path = Path(".")) -> RenderRequest:
+def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: Path = Path("."),
+               max_frames: int = MAX_FRAMES) -> RenderRequest:
     row_id = row["id"]
     spec = _model_spec(row.get("model"), default_model)
     family = spec.family
     d = spec.defaults
     params = _params(row.get("params"), spec)
     num_frames = _positive_int(row, "num_frames", d.num_frames)
-    limit = family.frame_limit(spec.window, params)
-    if num_frames > limit:
-        raise RowRejected("num_frames", num_frames, f"exceeds the native window of {spec.name} ({limit} frames)")
+    if num_frames > max_frames:
+        raise RowRejected("num_frames", num_frames, f"exceeds the cap of {max_frames} frames per row (--max-frames)")
+    chunk_mode, plan = _chunking(num_frames, spec, params)
     request = RenderRequest(
         id=row_id,
         model=spec.name,
@@ -87,9 +96,26 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         image=_conditioning(row, "image", spec, table_dir),
         video=_conditioning(row, "video", spec, table_dir),
         params=params,
+        chunk_mode=chunk_mode,
+        plan=plan,
     )
     family.check_request(request)
     return request
+
+
+def _chunking(num_frames: int, spec: ModelSpec, params: dict) -> tuple[str | None, tuple[Chunk, ...]]:
+    """(mode, plan) of a row: one chunk when it fits the window, else chunks of the window (see chunks.py)."""
+    window = params.get("chunk_window", spec.window)
+    mode = params.get("chunk_mode", spec.family.chunk_modes[0])
+    overlap = params.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
+    if overlap >= window:
+        raise RowRejected("params.chunk_overlap", overlap, f"must be smaller than the chunk window ({window} frames)")
+    if mode == CHAIN and overlap < 1:
+        raise RowRejected("params.chunk_overlap", overlap, "must be >= 1 when chained: a chunk starts on a frame "
+                          "of the previous one")
+    if num_frames <= window or spec.family.single_call(params):
+        return None, plan_chunks(num_frames, num_frames, 0)
+    return mode, plan_chunks(num_frames, window, overlap)
 
 
 def _model_spec(value, default_model) -> ModelSpec:

@@ -15,7 +15,7 @@ from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
 from .paths import clean_temp_files
 from .progress import Progress
-from .request import RenderRequest, to_request
+from .request import MAX_FRAMES, RenderRequest, to_request
 from .scheduler import OK, Outcome, Scheduler
 from .tables import read_tables
 
@@ -36,6 +36,7 @@ class RunConfig:
     ignore_extra: bool = False
     cpu_offload: bool = False  # per run: sub-models wait on the CPU until they run (CUDA only)
     compile: bool = False  # per run: torch.compile the denoiser of every actor
+    max_frames: int = MAX_FRAMES  # a row asking for more is rejected
 
     def __post_init__(self):
         if not self.tables:
@@ -48,6 +49,8 @@ class RunConfig:
             raise ValueError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts={self.max_attempts}: must be >= 1")
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames={self.max_frames}: must be >= 1")
 
 
 @dataclass
@@ -68,13 +71,15 @@ class RunSummary:
         return 0 if set(self.counts) <= {"ok"} else 1
 
 
-def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = False) -> Plan:
+def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = False,
+              max_frames: int = MAX_FRAMES) -> Plan:
     """Table checks (raise TableError) and row checks (become rejected records); no Ray, no torch."""
     plan = Plan([], [], [])
     for item in read_tables(tables, ignore_extra):
         plan.ids.append(item.row["id"])
         try:
-            plan.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir))
+            plan.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir,
+                                            max_frames=max_frames))
         except RowRejected as exc:
             plan.rejected.append(rejected_record(item.row, str(exc)))
     return plan
@@ -83,7 +88,7 @@ def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = Fal
 def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None) -> RunSummary:
     """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
     so a run with nothing left to render never starts it."""
-    plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra)
+    plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     config.out.mkdir(parents=True, exist_ok=True)
     clean_temp_files(config.out)
     store = MetadataStore(config.out, resume=config.resume)
@@ -120,7 +125,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     if not ray.is_initialized():
         (connect or ray.init)()
     device, actors, threads = _placement(config)
-    progress = Progress(len(requests))
+    long_rows = [request for request in requests if len(request.plan) > 1]
+    progress = Progress(len(requests), chunks=sum(len(request.plan) for request in long_rows))
 
     def done(request, outcome: Outcome, attempts: int) -> None:
         status = "ok" if outcome.status == OK else "rejected" if outcome.status == "rejected" else "failed"
@@ -132,7 +138,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
         by_model.setdefault(request.model, []).append(request)
     for model, group in by_model.items():  # one model at a time gets every actor slot
         try:
-            pool = ActorPool(model, config.out, min(actors, len(group)), device, config.gpus_per_actor, threads,
+            tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
+            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
                              dict(cpu_offload=config.cpu_offload, compile=config.compile))
         except ModelLoadError as exc:
             for request in group:

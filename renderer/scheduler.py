@@ -1,31 +1,76 @@
 """The driver-side scheduler: pure Python over an executor interface, so it is tested without Ray.
 
-It keeps at most `executor.capacity` tasks in flight, retries a row that raised or whose worker
-died until `max_attempts`, and reports every row's final outcome exactly once.
+A row is a small DAG of tasks. A row that fits its model's window is one task. A long row is one task
+per chunk (all at once when the chunks are anchored, one after another when they are chained) and then
+a stitch task that blends them into the video. The scheduler keeps at most `executor.capacity` tasks
+in flight, older rows first, streams new rows in as capacity frees, retries a task that raised or whose
+worker died until `max_attempts`, and reports every row's final outcome exactly once.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Iterable, Protocol
+from typing import Any, Callable, Hashable, Iterable, Protocol
 
 OK, REJECTED, ERROR, CRASHED = "ok", "rejected", "error", "crashed"
-REQUEUE = "requeue"  # lost through no fault of its own (queued behind a row that crashed its worker)
+REQUEUE = "requeue"  # lost through no fault of its own (queued behind a task that crashed its worker)
+STITCH = -1  # the chunk index of a row's stitch task
 
 
 @dataclass(frozen=True)
 class Outcome:
     status: str  # OK, REJECTED (bad input, never retried), ERROR (raised), CRASHED (worker died), REQUEUE
     error: str | None = None
-    info: dict = field(default_factory=dict)  # seconds, gpu, ... for the record
+    info: dict = field(default_factory=dict)  # seconds, gpu, actor, ... for the record
+    output: Any = None  # a chunk's frames or latents as the executor holds them (an ObjectRef under Ray)
+
+
+@dataclass(frozen=True)
+class Task:
+    request: Any
+    chunk: int = 0  # index into request.plan, or STITCH
+    previous: Any = None  # chained chunks: the previous chunk's output
+    first: Any = None  # chained chunks: the first chunk's output (the colour reference)
+    parts: tuple = ()  # stitch: every chunk's output, in order
+
+    @property
+    def whole_row(self) -> bool:
+        return len(self.request.plan) == 1
 
 
 class Executor(Protocol):
     capacity: int  # tasks it accepts in flight now (may shrink while workers restart)
 
-    def submit(self, request) -> Hashable: ...
+    def submit(self, task: Task) -> Hashable: ...
 
     def wait(self, timeout: float) -> list[tuple[Hashable, Outcome]]: ...
+
+
+@dataclass
+class RowState:
+    """What the scheduler knows of one row in progress."""
+
+    request: Any
+    waiting: deque  # tasks ready to submit
+    outputs: dict = field(default_factory=dict)  # chunk index -> output
+    infos: dict = field(default_factory=dict)  # chunk index -> info
+    attempts: dict = field(default_factory=dict)  # chunk index -> tries so far
+    done: bool = False
+
+    @classmethod
+    def start(cls, request) -> "RowState":
+        chunks = len(request.plan)
+        first = [0] if chunks == 1 or request.chunk_mode == "chain" else range(chunks)
+        return cls(request, deque(Task(request, i) for i in first))
+
+    def unlocked_by(self, finished: int) -> list[Task]:
+        """The tasks a finished chunk unlocks: the next chained chunk, or the stitch once all are in."""
+        chunks = len(self.request.plan)
+        if len(self.outputs) == chunks:
+            return [Task(self.request, STITCH, parts=tuple(self.outputs[i] for i in range(chunks)))]
+        if self.request.chunk_mode == "chain":
+            return [Task(self.request, finished + 1, previous=self.outputs[finished], first=self.outputs[0])]
+        return []
 
 
 @dataclass
@@ -33,28 +78,66 @@ class Scheduler:
     executor: Executor
     max_attempts: int
     on_done: Callable[[object, Outcome, int], None]  # (request, final outcome, attempts)
-    on_event: Callable[[str, object], None] = lambda kind, request: None  # "start" | "retry" | "done"
+    # "start" (a row), "retry" (a task), "chunk" (a chunk of a long row rendered), "done" (a row)
+    on_event: Callable[[str, object], None] = lambda kind, request: None
 
     def run(self, requests: Iterable) -> None:
-        pending = deque(requests)
-        in_flight: dict[Hashable, object] = {}
-        attempts: dict[str, int] = {}
-        while pending or in_flight:
-            while pending and len(in_flight) < self.executor.capacity:
-                request = pending.popleft()
-                attempts[request.id] = attempts.get(request.id, 0) + 1
-                in_flight[self.executor.submit(request)] = request
-                self.on_event("start", request)
+        incoming = iter(requests)
+        rows: deque[RowState] = deque()  # rows in progress, oldest first
+        in_flight: dict[Hashable, tuple[RowState, Task]] = {}
+        while True:
+            self._fill(rows, incoming, in_flight)
+            if not in_flight and not rows:
+                return
             for ticket, outcome in self.executor.wait(timeout=0.5):
-                request = in_flight.pop(ticket)
-                if outcome.status == REQUEUE:
-                    attempts[request.id] -= 1
-                    pending.appendleft(request)
-                    self.on_event("retry", request)
-                    continue
-                if outcome.status in (ERROR, CRASHED) and attempts[request.id] < self.max_attempts:
-                    pending.appendleft(request)  # retried next, not after the whole backlog
-                    self.on_event("retry", request)
-                    continue
-                self.on_done(request, outcome, attempts[request.id])
-                self.on_event("done", request)
+                row, task = in_flight.pop(ticket)
+                if not row.done:
+                    self._settle(row, task, outcome)
+            while rows and rows[0].done:
+                rows.popleft()
+
+    def _fill(self, rows: deque, incoming, in_flight: dict) -> None:
+        """Submit ready tasks, older rows first; start a new row only when no started row has one ready."""
+        while len(in_flight) < self.executor.capacity:
+            row = next((r for r in rows if r.waiting), None)
+            if row is None:
+                request = next(incoming, None)
+                if request is None:
+                    return
+                rows.append(RowState.start(request))
+                self.on_event("start", request)
+                continue
+            task = row.waiting.popleft()
+            row.attempts[task.chunk] = row.attempts.get(task.chunk, 0) + 1
+            in_flight[self.executor.submit(task)] = (row, task)
+
+    def _settle(self, row: RowState, task: Task, outcome: Outcome) -> None:
+        if outcome.status == REQUEUE:
+            row.attempts[task.chunk] -= 1
+            row.waiting.appendleft(task)
+            self.on_event("retry", row.request)
+            return
+        if outcome.status in (ERROR, CRASHED) and row.attempts[task.chunk] < self.max_attempts:
+            row.waiting.appendleft(task)  # retried next, not after the whole backlog
+            self.on_event("retry", row.request)
+            return
+        if outcome.status != OK or task.whole_row or task.chunk == STITCH:
+            self._finish(row, outcome)
+            return
+        row.outputs[task.chunk] = outcome.output
+        row.infos[task.chunk] = outcome.info
+        row.waiting.extend(row.unlocked_by(task.chunk))
+        self.on_event("chunk", row.request)
+
+    def _finish(self, row: RowState, outcome: Outcome) -> None:
+        row.done = True
+        row.waiting.clear()
+        row.outputs.clear()  # lets the object store free the chunks
+        if row.infos:  # a long row: add what each chunk's render reported
+            chunks = [row.infos[i] for i in sorted(row.infos)]
+            info = {**outcome.info, "chunk_actors": [c.get("actor") for c in chunks],
+                    "seconds": sum(c.get("seconds", 0.0) for c in chunks) + outcome.info.get("seconds", 0.0),
+                    "gpu": chunks[0].get("gpu")}
+            outcome = Outcome(outcome.status, outcome.error, info)
+        self.on_done(row.request, outcome, max(row.attempts.values()))
+        self.on_event("done", row.request)

@@ -9,6 +9,7 @@ import renderer
 from conftest import plain_uint8, write_table
 from jobs.cli import main
 from renderer.errors import RowRejected
+from renderer.request import to_request
 
 ROW = {"id": "a", "prompt": "a paper boat on a pond", "seed": 21, "num_frames": 8, "num_inference_steps": 3}
 
@@ -37,10 +38,12 @@ def test_free_init_equals_the_plain_call_and_does_not_leak(model):
     assert np.array_equal(before, model.render(ROW))
 
 
-def test_free_noise_lifts_the_window_for_one_long_call(model):
-    with pytest.raises(RowRejected, match="num_frames=24: exceeds the native window"):
-        model.render({**ROW, "num_frames": 24})
-    frames = model.render({**ROW, "num_frames": 24, "params": '{"free_noise": {"context_length": 8, "context_stride": 4}}'})
+def test_free_noise_renders_a_long_row_in_one_call_instead_of_chunks(model):
+    free_noise = '{"free_noise": {"context_length": 8, "context_stride": 4}}'
+    assert len(to_request({"id": "r", **ROW, "num_frames": 24}, default_model="tiny-animatediff").plan) == 2
+    assert len(to_request({"id": "r", **ROW, "num_frames": 24, "params": free_noise},
+                          default_model="tiny-animatediff").plan) == 1
+    frames = model.render({**ROW, "num_frames": 24, "params": free_noise})
     model.pipeline.enable_free_noise(context_length=8, context_stride=4)
     try:
         assert np.array_equal(frames, plain(model, num_frames=24))

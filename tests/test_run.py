@@ -101,7 +101,7 @@ def test_bad_rows_are_rejected_and_cost_no_other_row(ray_session, tmp_path, imag
         dict(id="no-image", model="tiny-svd"),
         dict(id="url-image", model="tiny-svd", image="http://example.com/x.png"),
         dict(id="odd-size", prompt="x", model="tiny-animatediff", height=60),
-        dict(id="too-long", prompt="x", model="tiny-animatediff", num_frames=40),
+        dict(id="too-long", prompt="x", model="tiny-animatediff", num_frames=5000),
         dict(id="bad-knob", prompt="x", model="tiny-animatediff", params='{"motion_scale": 1}'),
         dict(id="../../escape", prompt="x", model="tiny-animatediff", **FAST),
     ]
@@ -117,7 +117,7 @@ def test_bad_rows_are_rejected_and_cost_no_other_row(ray_session, tmp_path, imag
     assert records["good"]["status"] == records["../../escape"]["status"] == "ok"
     expected = {"no-prompt": "prompt=None: required", "no-image": "image=None: required",
                 "url-image": "image='http://example.com/x.png': absolute URLs", "odd-size": "height=60: must be divisible",
-                "too-long": "num_frames=40: exceeds", "bad-knob": "params.motion_scale=1: not a parameter",
+                "too-long": "num_frames=5000: exceeds the cap of 2048", "bad-knob": "params.motion_scale=1: not a parameter",
                 "truncated-jpeg": "image=<"}
     for row_id, words in expected.items():
         assert records[row_id]["status"] == "rejected" and words in records[row_id]["error"], records[row_id]

@@ -1,67 +1,133 @@
 """The driver-side scheduler, without Ray: a scripted executor decides each attempt's outcome."""
 from dataclasses import dataclass
 
-from renderer.scheduler import CRASHED, ERROR, OK, REJECTED, Outcome, Scheduler
+from renderer.chunks import plan_chunks
+from renderer.scheduler import CRASHED, ERROR, OK, REJECTED, STITCH, Outcome, Scheduler
 
 
 @dataclass(frozen=True)
 class Req:
     id: str
+    plan: tuple = plan_chunks(16, 16, 0)  # one chunk: a whole row
+    chunk_mode: str | None = None
+
+
+def name(task) -> str:
+    """A task's key in the script: the row id, or id#chunk / id#stitch for the tasks of a long row."""
+    if task.whole_row:
+        return task.request.id
+    return f"{task.request.id}#{'stitch' if task.chunk == STITCH else task.chunk}"
 
 
 class ScriptedExecutor:
-    """Finishes one task per wait, oldest first; `script[id]` lists the statuses of successive attempts."""
+    """Finishes one task per wait, oldest first; `script[name]` lists the statuses of successive attempts."""
 
     def __init__(self, capacity, script):
         self.capacity, self.script = capacity, {k: list(v) for k, v in script.items()}
-        self.running, self.max_running, self.submitted = [], 0, []
+        self.running, self.max_running, self.submitted, self.tasks = [], 0, [], []
 
-    def submit(self, request):
-        self.submitted.append(request.id)
+    def submit(self, task):
+        self.submitted.append(name(task))
+        self.tasks.append(task)
         ticket = len(self.submitted)
-        self.running.append((ticket, request))
+        self.running.append((ticket, task))
         self.max_running = max(self.max_running, len(self.running))
         return ticket
 
     def wait(self, timeout):
-        ticket, request = self.running.pop(0)
-        statuses = self.script.get(request.id, [OK])
+        ticket, task = self.running.pop(0)
+        statuses = self.script.get(name(task), [OK])
         status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        return [(ticket, Outcome(status, None if status == OK else f"{status} on {request.id}"))]
+        info = {"seconds": 1.0, "actor": f"actor{ticket % 3}"}
+        return [(ticket, Outcome(status, None if status == OK else f"{status} on {name(task)}", info,
+                                 output=f"out:{name(task)}"))]
 
 
-def run(script, capacity=2, max_attempts=3, ids=("a", "b", "c", "d")):
+def run(script, capacity=2, max_attempts=3, rows=("a", "b", "c", "d")):
     executor = ScriptedExecutor(capacity, script)
     done = {}
-    Scheduler(executor, max_attempts, lambda r, o, n: done.setdefault(r.id, (o.status, n))).run(Req(i) for i in ids)
-    return done, executor
+    requests = [Req(r) if isinstance(r, str) else r for r in rows]
+    Scheduler(executor, max_attempts, lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info))).run(requests)
+    return {k: v[:2] for k, v in done.items()}, executor, {k: v[2] for k, v in done.items()}
 
 
 def test_every_row_finishes_once_and_in_flight_is_bounded():
-    done, executor = run({}, capacity=2, ids=[str(i) for i in range(10)])
+    done, executor, _ = run({}, capacity=2, rows=[str(i) for i in range(10)])
     assert done == {str(i): (OK, 1) for i in range(10)}
     assert executor.max_running == 2
 
 
 def test_error_and_crash_are_retried_until_success():
-    done, executor = run({"a": [ERROR, OK], "b": [CRASHED, CRASHED, OK]})
+    done, executor, _ = run({"a": [ERROR, OK], "b": [CRASHED, CRASHED, OK]})
     assert done["a"] == (OK, 2) and done["b"] == (OK, 3)
     assert executor.submitted.count("b") == 3
 
 
 def test_attempts_are_capped_and_the_run_goes_on():
-    done, executor = run({"b": [CRASHED]}, max_attempts=3)
+    done, executor, _ = run({"b": [CRASHED]}, max_attempts=3)
     assert done["b"] == (CRASHED, 3)
     assert {k: v for k, v in done.items() if k != "b"} == {"a": (OK, 1), "c": (OK, 1), "d": (OK, 1)}
 
 
 def test_rejected_rows_are_never_retried():
-    done, executor = run({"c": [REJECTED, OK]})
+    done, executor, _ = run({"c": [REJECTED, OK]})
     assert done["c"] == (REJECTED, 1)
     assert executor.submitted.count("c") == 1
 
 
 def test_requeued_rows_are_not_charged_an_attempt():
-    done, executor = run({"a": ["requeue", "requeue", "requeue", OK]}, max_attempts=2)
+    done, executor, _ = run({"a": ["requeue", "requeue", "requeue", OK]}, max_attempts=2)
     assert done["a"] == (OK, 1)
     assert executor.submitted.count("a") == 4
+
+
+ANCHORED = Req("long", plan_chunks(40, 16, 4), "anchored")  # chunks [0,16) [12,28) [24,40)
+CHAINED = Req("chain", plan_chunks(40, 14, 1), "chain")  # chunks [0,14) [13,27) [26,40)
+
+
+def test_anchored_chunks_run_side_by_side_then_one_stitch_gets_every_output_in_order():
+    done, executor, infos = run({}, capacity=3, rows=[ANCHORED])
+    assert done == {"long": (OK, 1)}
+    assert executor.submitted == ["long#0", "long#1", "long#2", "long#stitch"]
+    assert executor.max_running == 3  # the three chunks were in flight together
+    stitch = executor.tasks[-1]
+    assert stitch.parts == ("out:long#0", "out:long#1", "out:long#2")
+    assert infos["long"]["chunk_actors"] == ["actor1", "actor2", "actor0"]
+    assert infos["long"]["seconds"] == 4.0  # three chunks and the stitch
+
+
+def test_chained_chunks_run_in_order_each_given_the_last_output_and_the_first():
+    done, executor, _ = run({}, capacity=4, rows=[CHAINED, "x", "y"])
+    assert done == {"chain": (OK, 1), "x": (OK, 1), "y": (OK, 1)}
+    order = [n for n in executor.submitted if n.startswith("chain")]
+    assert order == ["chain#0", "chain#1", "chain#2", "chain#stitch"]
+    chunk2 = next(t for t in executor.tasks if name(t) == "chain#2")
+    assert (chunk2.previous, chunk2.first) == ("out:chain#1", "out:chain#0")
+    # while a chained row waits on its next chunk, other rows use the free capacity
+    assert executor.submitted.index("x") < executor.submitted.index("chain#1")
+
+
+def test_a_failed_chunk_is_retried_alone_and_a_lost_one_fails_the_row_only():
+    done, executor, _ = run({"long#1": [ERROR, OK]}, capacity=3, rows=[ANCHORED, "z"])
+    assert done == {"long": (OK, 2), "z": (OK, 1)}
+    assert executor.submitted.count("long#1") == 2 and executor.submitted.count("long#0") == 1
+    done, executor, _ = run({"long#2": [CRASHED]}, capacity=3, max_attempts=2, rows=[ANCHORED, "z"])
+    assert done == {"long": (CRASHED, 2), "z": (OK, 1)}
+    assert "long#stitch" not in executor.submitted
+
+
+def test_progress_counts_rows_chunks_and_retries():
+    import io
+
+    from renderer.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress(2, chunks=3, stream=stream, every=0)
+    executor = ScriptedExecutor(3, {"long#1": [ERROR, OK]})
+
+    def done(request, outcome, attempts):
+        progress.event("done", ok=outcome.status == OK)
+
+    Scheduler(executor, 3, done, lambda kind, _: kind != "done" and progress.event(kind)).run([ANCHORED, Req("a")])
+    progress.close()
+    assert "2/2 rows | failed 0 | in flight 0 | chunks 3/3 | retries 1 |" in stream.getvalue().splitlines()[-1]

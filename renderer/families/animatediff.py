@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import FREE_INIT, Defaults, Family, Param, set_free_init
+from .base import FREE_INIT, Defaults, Family, Param, prompt_embeds_once, set_free_init
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
 
 
@@ -24,9 +24,12 @@ class AnimateDiff(Family):
         return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
                     unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
 
-    def frame_limit(self, window, params):
-        # FreeNoise denoises overlapping context windows inside one call: any length on one actor
-        return MAX_FREE_NOISE_FRAMES if params.get("free_noise") is not None else window
+    def single_call(self, params):
+        # FreeNoise denoises overlapping context windows inside one call: a long row on one actor, no chunks
+        return params.get("free_noise") is not None
+
+    def chunk_overrides(self, pipeline, request, chunk):
+        return {**super().chunk_overrides(pipeline, request, chunk), **prompt_embeds_once(pipeline, request)}
 
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
@@ -40,7 +43,6 @@ class AnimateDiff(Family):
                     guidance_scale=request.guidance_scale, **self.call_params(request))
 
 
-MAX_FREE_NOISE_FRAMES = 2048
 FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context windows in one call (true or options)",
                    fields={
                        "context_length": Param(int, "frames per context window", minimum=1, maximum=32),
@@ -51,7 +53,7 @@ FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context window
                    })
 
 ANIMATEDIFF = AnimateDiff(
-    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16,
+    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, latent_frame_axis=1,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
     params={

@@ -1,10 +1,12 @@
 """The contract every model family adapter fulfils: one small base class, one file per family."""
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from ..chunks import ANCHORED
 from ..errors import RowRejected
 
 # diffusers scheduler classes a row may pick with params {"scheduler": NAME}
@@ -91,6 +93,18 @@ MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the
 }
 
 
+def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
+    """Renderer options of long rows (more frames than the window), for every family."""
+    return {
+        "chunk_mode": Param(str, "how the chunks of a long row are tied together: anchored (independent, in "
+                            "parallel on any actor) or chain (image-to-video: each chunk starts from the last)",
+                            choices=modes),
+        "chunk_window": Param(int, "frames per chunk (default: the model's native window)", minimum=2),
+        "chunk_overlap": Param(int, "frames neighbouring chunks share, blended (default: a quarter of the window "
+                               "when anchored, 1 when chained)", minimum=0),
+    }
+
+
 @dataclass(frozen=True)
 class Family(ABC):
     """A diffusers video pipeline as the renderer sees it.
@@ -115,6 +129,10 @@ class Family(ABC):
     # other pipeline classes whose checkpoints this family loads when named as FAMILY:LOCATION
     compatible_classes: tuple[str, ...] = ()
     memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking")
+    chunk_modes: tuple[str, ...] = (ANCHORED,)  # how a long row's chunks are tied together; the first is the default
+    # frame axis of one video's latents (output_type="latent", batch removed); None: the chunks are stitched
+    # as frames, not as latents decoded after stitching
+    latent_frame_axis: int | None = None
 
     def __post_init__(self):
         if not self.required:
@@ -126,6 +144,7 @@ class Family(ABC):
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
         allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
+        allowed.update(chunk_params(self.chunk_modes))
         return allowed
 
     def call_params(self, request) -> dict:
@@ -136,9 +155,9 @@ class Family(ABC):
         """Rules that tie several fields together, checked on the driver (and by `render validate`):
         raise RowRejected naming the column. Single values are checked by their Param already."""
 
-    def frame_limit(self, window: int, params: dict) -> int:
-        """Most frames one row may ask for with these params (the native window unless a mode lifts it)."""
-        return window
+    def single_call(self, params: dict) -> bool:
+        """Whether a row longer than the window still renders in one pipeline call (a long-video mode of its own)."""
+        return False
 
     def window_from_checkpoint(self, read_config) -> int:
         """The native window of a real checkpoint; `read_config(subfolder)` returns its config dict."""
@@ -176,10 +195,66 @@ class Family(ABC):
 
         `image` is a PIL image and `video` a list of PIL frames of the row's size, or None."""
 
-    def generate(self, pipeline, request, image, video, generator):
-        """Float frames (F, H, W, 3) in [0, 1] for one request: the plain diffusers call by default."""
-        kwargs = self.pipeline_kwargs(request, image, video)
-        return pipeline(**kwargs, generator=generator, output_type="np").frames[0]
+    def generate(self, pipeline, request, image, video, generator, **overrides):
+        """Float frames (F, H, W, 3) in [0, 1] for one request: the plain diffusers call by default.
+
+        `overrides` replace call arguments (a chunk's latents, output_type="latent", prompt embeddings)."""
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
+        return pipeline(**kwargs, generator=generator).frames[0]
+
+    # long rows: chunks rendered separately, then stitched (see renderer/chunks.py)
+
+    def stitches_latents(self, request) -> bool:
+        """Whether the chunks come back as latents, blended and then decoded across the seams."""
+        return self.latent_frame_axis is not None and request.chunk_mode == ANCHORED
+
+    def generate_chunk(self, pipeline, request, chunk, image, video, generator):
+        """One chunk of a long row: its frames (F, H, W, 3) in [0, 1], or its latents with frames first.
+
+        `image` is the row's own image when anchored, the previous chunk's frame when chained; `video`
+        holds the row's frames up to the chunk's end. By default the chunk is the plain call on its share
+        of the frames, starting from the row's noise bank (see `frame_noise`)."""
+        import numpy as np
+
+        part = replace(request, num_frames=chunk.frames)
+        clip = None if video is None else video[chunk.start:chunk.end]
+        out = self.generate(pipeline, part, image, clip, generator, **self.chunk_overrides(pipeline, request, chunk))
+        if not self.stitches_latents(request):
+            return out
+        return np.moveaxis(out.float().cpu().numpy(), self.latent_frame_axis, 0)
+
+    def chunk_overrides(self, pipeline, request, chunk) -> dict:
+        """Call arguments of a chunk: its slice of the noise bank, and latent output when stitched as latents."""
+        overrides = {"latents": self.chunk_noise(pipeline, request, chunk)}
+        if self.stitches_latents(request):
+            overrides["output_type"] = "latent"
+        return overrides
+
+    def chunk_noise(self, pipeline, request, chunk):
+        """The initial latents of a chunk, laid out as the pipeline's prepare_latents lays them out."""
+        scale = pipeline.vae_scale_factor
+        shape = (pipeline.vae.config.latent_channels, request.height // scale, request.width // scale)
+        noise = frame_noise(request.seed, range(chunk.start, chunk.end), shape)  # (F, C, h, w)
+        axis = self.latent_frame_axis if self.latent_frame_axis is not None else 1
+        return noise.movedim(0, axis).unsqueeze(0).to(pipeline._execution_device, pipeline.dtype)
+
+    def decode(self, pipeline, request, latents):
+        """Stitched latents (frames first) to float frames (f, H, W, 3), yielded a window of frames at a time so
+        a long video never holds its whole decode on the GPU."""
+        import numpy as np
+        import torch
+
+        step = request.params.get("decode_chunk_size", request.plan[0].frames)
+        for start in range(0, len(latents), step):
+            piece = torch.from_numpy(np.moveaxis(latents[start:start + step], 0, self.latent_frame_axis))
+            piece = piece.unsqueeze(0).to(pipeline._execution_device, pipeline.vae.dtype)
+            with torch.no_grad():
+                video = self.decode_latents(pipeline, piece)
+            yield pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
+
+    def decode_latents(self, pipeline, latents):
+        """The pipeline's own decode of one batch of latents, as its call does it after the last step."""
+        return pipeline.decode_latents(latents)
 
     def configure(self, pipeline, request, base_scheduler) -> None:
         """Set every piece of per-row pipeline state, so nothing a row asks for leaks into the next row."""
@@ -198,6 +273,40 @@ class Family(ABC):
             vae.enable_tiling() if params.get("vae_tiling") else vae.disable_tiling()
         if "forward_chunking" in self.memory_options:
             set_forward_chunking(unet, params.get("forward_chunking"))
+
+
+# a loaded pipeline -> (the text of the row it last encoded, its prompt embeddings)
+_PROMPT_EMBEDS = weakref.WeakKeyDictionary()
+
+
+def prompt_embeds_once(pipeline, request) -> dict:
+    """Call arguments that hand a row's prompt embeddings to the pipeline: encoded once per row on each actor
+    (by the pipeline's own encode_prompt) and reused for every chunk of the row that actor renders."""
+    guided = request.guidance_scale > 1
+    key = (request.prompt, request.negative_prompt, guided, request.params.get("clip_skip"))
+    cached = _PROMPT_EMBEDS.get(pipeline)
+    if cached is None or cached[0] != key:
+        import torch
+
+        with torch.no_grad():
+            embeds = pipeline.encode_prompt(request.prompt, pipeline._execution_device, 1, guided, request.negative_prompt,
+                                            clip_skip=request.params.get("clip_skip"))
+        _PROMPT_EMBEDS[pipeline] = cached = (key, embeds)
+    prompt_embeds, negative_prompt_embeds = cached[1]
+    return dict(prompt=None, negative_prompt=None, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds)
+
+
+def frame_noise(seed: int, frames, shape: tuple):
+    """The noise bank of a row: frame t's initial noise comes from its own CPU generator seeded by (seed, t), so
+    the chunks that share a frame start it from identical noise, whichever actor renders them."""
+    import torch
+
+    out = []
+    for t in frames:
+        generator = torch.Generator("cpu").manual_seed((seed * 1_000_003 + t) % 2**63)
+        out.append(torch.randn(shape, generator=generator))
+    return torch.stack(out)
 
 
 def set_forward_chunking(unet, chunk_size: int | None) -> None:

@@ -9,7 +9,7 @@ self-attention look at the first frame of its copy of the video, which keeps the
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import RowRejected
 from .base import Defaults, Family, Param
@@ -76,6 +76,13 @@ class CrossFrameVideo(Family):
     def generate(self, pipeline, request, image, video, generator):
         # image pipelines: one image per frame, returned as `.images` (F, H, W, 3)
         return pipeline(**self.pipeline_kwargs(request, image, video), generator=generator, output_type="np").images
+
+    def generate_chunk(self, pipeline, request, chunk, image, video, generator):
+        # as Text2Video-Zero's long videos: the row's frame 0 leads every chunk as the anchor all frames attend
+        # to, the generator is reseeded, and the anchor's output is dropped
+        ids = [0, *range(chunk.start, chunk.end)]
+        part = replace(request, num_frames=len(ids))
+        return self.generate(pipeline, part, image, [video[i] for i in ids], generator)[1:]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from ..chunks import ANCHORED, CHAIN
 from ..errors import RowRejected
 from .base import FREE_INIT, Defaults, Family, Param, set_free_init
 from .components import (clip_image_encoder, clip_image_processor, clip_text_encoder, clip_tokenizer, scheduler,
@@ -54,11 +55,11 @@ class I2VGenXL(Family):
                     num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
                     **self.call_params(request))
 
-    def generate(self, pipeline, request, image, video, generator):
+    def generate(self, pipeline, request, image, video, generator, **overrides):
         # the pipeline samples the image latents from the VAE with torch's global RNG (it passes no generator
         # there), so the row's seed must seed that RNG too or the same row renders different frames
         with seeded_global_rng(request.seed, pipeline._execution_device):
-            return super().generate(pipeline, request, image, video, generator)
+            return super().generate(pipeline, request, image, video, generator, **overrides)
 
 
 I2VGEN_XL = I2VGenXL(
@@ -72,6 +73,7 @@ I2VGEN_XL = I2VGenXL(
         "decode_chunk_size": Param(int, "frames the VAE decodes at once (the pipeline's default is 1)", minimum=1),
     },
     column_aliases={"target_fps": "fps"},
+    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1,
     # PNDM is left out: it cannot rescale the betas to the zero terminal SNR the model was trained with
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++"),
     checkpoints=("ali-vilab/i2vgen-xl",),
@@ -135,6 +137,7 @@ PIA_FAMILY = PIA(
     },
     options={"free_init": FREE_INIT},
     schedulers=("ddim", "euler"),
+    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1,
     checkpoints=("openmmlab/PIA-condition-adapter on an SD1.5 checkpoint (saved as one PIAPipeline folder)",),
 )
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..chunks import ANCHORED, CHAIN
 from .base import Defaults, Family, Param
 from .components import clip_image_encoder, clip_image_processor, scheduler
 
@@ -42,6 +43,13 @@ class StableVideoDiffusion(Family):
                     num_inference_steps=request.num_inference_steps, max_guidance_scale=request.guidance_scale,
                     fps=request.fps, **self.call_params(request))
 
+    def decode_latents(self, pipeline, latents):
+        # as the pipeline's last step: the VAE, upcast to float32 for encoding the image, goes back to the
+        # denoiser's dtype; the temporal decoder sees all these frames at once, across the seams between chunks
+        pipeline.vae.to(dtype=pipeline.unet.dtype)
+        frames = latents.shape[1]
+        return pipeline.decode_latents(latents.to(pipeline.unet.dtype), frames, decode_chunk_size=frames)
+
 
 SVD_PARAMS = {
     "motion_bucket_id": Param(int, "amount of motion (higher moves more)", minimum=0),
@@ -57,6 +65,7 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
         defaults=Defaults(num_frames=window, height=576, width=1024, num_inference_steps=25, fps=7, guidance_scale=3.0),
         tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7, guidance_scale=3.0),
         params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
+        chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=0,  # latents are (frames, channels, h, w)
         memory_options=("forward_chunking",))  # the temporal VAE's memory knob is decode_chunk_size
 
 

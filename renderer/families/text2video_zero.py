@@ -7,7 +7,7 @@ all frames from t1 with cross-frame attention on the first frame. t0 and t1 coun
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import RowRejected
 from .base import Defaults, Family, Param
@@ -41,10 +41,18 @@ class TextToVideoZero(Family):
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
                     guidance_scale=request.guidance_scale, **params)
 
-    def generate(self, pipeline, request, image, video, generator):
+    def generate(self, pipeline, request, image, video, generator, **overrides):
         check_eta(pipeline.scheduler, request.params)
-        kwargs = self.pipeline_kwargs(request, image, video)
-        return pipeline(**kwargs, generator=generator, output_type="np").images
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
+        return pipeline(**kwargs, generator=generator).images
+
+    def generate_chunk(self, pipeline, request, chunk, image, video, generator):
+        # the Text2Video-Zero guide's long videos: frame 0 leads every chunk as the anchor all frames attend
+        # to (the reseeded generator gives it the same latent each time), the motion field follows the
+        # absolute frame ids, and the anchor's output is dropped
+        frame_ids = [0, *range(chunk.start, chunk.end)]
+        part = replace(request, num_frames=len(frame_ids))
+        return self.generate(pipeline, part, image, video, generator, frame_ids=frame_ids)[1:]
 
 
 def motion_timesteps(request) -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RowRejected
-from .base import Defaults, Family, Param
+from .base import Defaults, Family, Param, prompt_embeds_once
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd_vae
 
 GUIDE_STRENGTH = 0.6  # VideoToVideoSDPipeline's default and the guide's upscale strength
@@ -67,14 +67,26 @@ class TextToVideoSD(Family):
             return dict(kwargs, video=video, strength=kwargs.get("strength", GUIDE_STRENGTH))
         return dict(kwargs, num_frames=request.num_frames, height=request.height, width=request.width)
 
-    def generate(self, pipeline, request, image, video, generator):
-        kwargs = self.pipeline_kwargs(request, image, video)
+    def generate(self, pipeline, request, image, video, generator, **overrides):
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
         upscale = request.params.get("upscale")
         if video is not None:
-            return video_to_video(pipeline)(**kwargs, generator=generator, output_type="np").frames[0]
+            return video_to_video(pipeline)(**kwargs, generator=generator).frames[0]
         if upscale is None:
-            return pipeline(**kwargs, generator=generator, output_type="np").frames[0]
+            return pipeline(**kwargs, generator=generator).frames[0]
         return self.generate_upscaled(pipeline, request, kwargs, upscale, generator)
+
+    def stitches_latents(self, request):
+        # the two-stage recipe ends in the second pipeline's frames: its chunks are stitched as frames
+        return super().stitches_latents(request) and "upscale" not in request.params
+
+    def chunk_overrides(self, pipeline, request, chunk):
+        if "upscale" in request.params:
+            return {}  # the first stage renders at its own size from the reseeded generator
+        overrides = {**super().chunk_overrides(pipeline, request, chunk), **prompt_embeds_once(pipeline, request)}
+        if request.video is not None:
+            del overrides["latents"]  # video-to-video noises the row's video with the generator; it takes no latents
+        return overrides
 
     def generate_upscaled(self, pipeline, request, kwargs, upscale, generator):
         """The guide's two stages; the row's height/width is the final size, so the mp4 and metadata agree."""
@@ -82,12 +94,12 @@ class TextToVideoSD(Family):
         upscaler = self.upscaler(upscale.get("model"), pipeline, request)
 
         # one generator for both calls, as one script running the guide's two calls would use it
-        small = pipeline(**dict(kwargs, width=width, height=height), generator=generator, output_type="pil").frames[0]
+        small = pipeline(**dict(kwargs, width=width, height=height, output_type="pil"), generator=generator).frames[0]
         video = [frame.resize((request.width, request.height)) for frame in small]
         second = {k: v for k, v in kwargs.items() if k not in SIZE_ONLY}
         second.update(video=video, strength=strength, num_inference_steps=steps,
                       guidance_scale=upscale.get("guidance_scale", request.guidance_scale))
-        return upscaler(**second, generator=generator, output_type="np").frames[0]
+        return upscaler(**second, generator=generator).frames[0]
 
     def upscaler(self, name, pipeline, request):
         """The second stage's pipeline: the row's own modules, or the named model loaded once and configured per row."""
@@ -177,7 +189,7 @@ SCHEDULERS = ("ddim", "dpm++", "euler", "euler_ancestral", "pndm")
 def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoints: tuple) -> TextToVideoSD:
     tiny = Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=8,
                     guidance_scale=defaults.guidance_scale)
-    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"),
+    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), latent_frame_axis=1,
                          required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, params=PARAMS,
                          options=options,
                          schedulers=SCHEDULERS, checkpoints=checkpoints)
