@@ -1,6 +1,7 @@
 """The `render` command line."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -24,33 +25,52 @@ def main():
       render run examples/example.parquet --out out/
       render validate examples/example.parquet
       render models
+
+    \b
+    On a Ray cluster (see the README's "Run on a cluster"):
+      render submit TABLE... --out /mnt/shared/runs/a --address http://127.0.0.1:8265
+      render status ID | render logs ID --follow | render stop ID   (each with --address)
     """
+
+
+# options of a run, shared by `run` and `submit` (which hands them on to the `render run` of its job)
+RUN_OPTIONS = (
+    click.option("--model", help="Model for rows without a `model` column value: a preset (see `render models`), "
+                                 "a local folder or a hub id."),
+    click.option("--actors", type=click.IntRange(min=1), help="Actors per model [default: one per GPU; 1 on CPU]."),
+    click.option("--gpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="GPU share of each actor (0.5 puts two actors on one GPU)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="auto: cuda when the cluster has GPUs."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Base seed: a row without `seed` gets one derived from (this, its id)."),
+    click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
+                 help="Tries per row before it is recorded `failed`."),
+    click.option("--no-resume", is_flag=True, help="Render every row again, even those already committed."),
+    click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table."),
+    click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory)."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (slow first row per shape)."),
+    click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
+                 help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
+)
+RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "device", "seed", "max_attempts", "no_resume",
+                    "ignore_extra", "cpu_offload", "compile_", "max_frames")
+
+
+def run_options(command):
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
 
 
 @main.command(epilog=EPILOG)
 @click.argument("tables", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: videos/*.mp4 and metadata.parquet.")
-@click.option("--model", help="Model for rows without a `model` column value: a preset (see `render models`), "
-                              "a local folder or a hub id.")
-@click.option("--actors", type=click.IntRange(min=1), help="Actors per model [default: one per GPU; 1 on CPU].")
-@click.option("--gpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="GPU share of each actor (0.5 puts two actors on one GPU).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: cuda when the cluster has GPUs.")
 @click.option("--address", help="Ray address of a running cluster ('auto' inside a Ray Job); "
                                 "default: start an embedded local Ray.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Base seed: a row without `seed` gets one derived from (this, its id).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Tries per row before it is recorded `failed`.")
-@click.option("--no-resume", is_flag=True, help="Render every row again, even those already committed.")
-@click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table.")
-@click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (slow first row per shape).")
-@click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
-              help="Most frames a row may ask for; rows longer than the model's window render as chunks.")
-def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_attempts, no_resume, ignore_extra,
+@run_options
+def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_attempts, no_resume, ignore_extra,
         cpu_offload, compile_, max_frames):
     """Render every row of TABLES into --out.
 
@@ -69,6 +89,7 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
       render run long.parquet --out runs/d --model tiny-animatediff --actors 4 --max-frames 4096
     """
     from cluster.connect import connect
+    from cluster.submit import auth_warning
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
@@ -77,12 +98,85 @@ def run(tables, out, model, actors, gpus_per_actor, device, address, seed, max_a
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
         _table_error(exc)
+    if warning := auth_warning(address):
+        click.echo(warning, err=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a stopped Ray Job: record what finished, then exit
     try:
         summary = run_all(config, plan, connect=lambda: connect(address, actors))
     except ConfigError as exc:
         _table_error(exc)
     _print_summary(summary, out)
     sys.exit(summary.exit_code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--out", required=True, help="Output folder or URI as the cluster sees it (shared storage).")
+@click.option("--address", required=True, help="The cluster's dashboard, e.g. http://127.0.0.1:8265.")
+@click.option("--job-id", help="Submission id [default: derived from the tables, --out and the options].")
+@click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE",
+              help="Environment of the job, e.g. HF_HOME=/mnt/shared/hf or HF_HUB_OFFLINE=1 (repeatable).")
+@click.option("--pip", multiple=True, metavar="REQUIREMENT", help="Extra requirement installed for the job (repeatable).")
+@run_options
+@click.pass_context
+def submit(ctx, tables, out, address, job_id, env_vars, pip, **run_opts):
+    """Submit the run of TABLES as a Ray Job on the cluster at --address.
+
+    The job runs `render run TABLES --out OUT --address auto` with the same options, from this
+    project's code shipped as the job's working directory. The same run always gets the same id,
+    so submitting it again while it runs (or after it succeeded) is refused; after `render stop` or a
+    failure, submitting it again resumes: committed rows are skipped.
+
+    \b
+    Examples:
+      render submit /mnt/shared/prompts.parquet --out /mnt/shared/runs/a --address http://127.0.0.1:8265 \\
+          --model stabilityai/stable-video-diffusion-img2vid-xt --env HF_HOME=/mnt/shared/hf --env HF_HUB_OFFLINE=1
+      render logs render-0123456789ab --follow
+    """
+    from cluster.submit import Submission, SubmitError, auth_warning, submit as submit_job
+
+    env = dict(_key_value(item) for item in env_vars)
+    submission = Submission(tuple(tables), out, address, _run_args(ctx, run_opts), env, tuple(pip))
+    if warning := auth_warning(address):
+        click.echo(warning, err=True)
+    try:
+        submitted = submit_job(submission, job_id)
+    except SubmitError as exc:
+        _table_error(exc)
+    click.echo(f"submitted {submitted}: follow it with `render logs {submitted} --follow --address {address}`")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", required=True, help="The cluster's dashboard, e.g. http://127.0.0.1:8265.")
+def status(job_id, address):
+    """Show a submitted run's status."""
+    from cluster.submit import status as job_status
+
+    info = _job_verb(job_status, address, job_id)
+    click.echo(f"{info['id']}: {info['status']}" + (f" ({info['message']})" if info["message"] else ""))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", required=True, help="The cluster's dashboard, e.g. http://127.0.0.1:8265.")
+@click.option("--follow", is_flag=True, help="Keep printing until the job ends.")
+def logs(job_id, address, follow):
+    """Print a submitted run's log."""
+    from cluster.submit import logs as job_logs
+
+    _job_verb(job_logs, address, job_id, follow, write=lambda text: click.echo(text, nl=False))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--address", required=True, help="The cluster's dashboard, e.g. http://127.0.0.1:8265.")
+def stop(job_id, address):
+    """Stop a submitted run; what it committed stays, and submitting it again resumes."""
+    from cluster.submit import stop as job_stop
+
+    stopped = _job_verb(job_stop, address, job_id)
+    click.echo(f"{job_id}: {'stopping' if stopped else 'not running'}")
 
 
 @main.command(epilog=EPILOG)
@@ -123,6 +217,39 @@ def models():
             click.echo(f"  params.{key}: {param.kind.__name__}{choices} - {param.help}")
         for checkpoint in family.checkpoints:
             click.echo(f"  checkpoint: {checkpoint}")
+
+
+def _run_args(ctx, values: dict) -> tuple[str, ...]:
+    """The run options given to `submit`, as `render run` arguments (those left at their default omitted)."""
+    args = []
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        if param.name not in RUN_OPTION_NAMES or value is None or value == param.default or value is False:
+            continue
+        args += [param.opts[0]] if value is True else [param.opts[0], str(value)]
+    return tuple(args)
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--env")
+    return key, value
+
+
+def _job_verb(verb, address, job_id, *args, **kwargs):
+    from cluster.submit import SubmitError
+
+    try:
+        return verb(address, job_id, *args, **kwargs)
+    except SubmitError as exc:
+        _table_error(exc)
+    except RuntimeError as exc:  # the job client's "job does not exist" and the like
+        _table_error(exc)
+
+
+def _stop_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _table_error(exc: Exception):

@@ -5,15 +5,22 @@ can name a location outside the output directory and two different ids never col
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
+import socket
+import time
 import uuid
 from pathlib import Path
+
+from .errors import ConfigError
 
 VIDEOS_DIR = "videos"
 METADATA_FILE = "metadata.parquet"
 TEMP_MARK = ".tmp-"
+LOCK_FILE = ".render.lock"
 
 
 def slug(row_id: str) -> str:
@@ -46,3 +53,50 @@ def clean_temp_files(out_dir: Path) -> int:
                 leftover.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path):
+    """Hold `out_dir` for one run: a second run aimed at it refuses, naming the holder. A lock left by a
+    run that died on this host is taken over; one from another host is only reported."""
+    path = out_dir / LOCK_FILE
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "job": os.environ.get("RAY_JOB_SUBMISSION_ID")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            other = _read_lock(path)
+            if other and other.get("host") == holder["host"] and not _alive(other.get("pid")):
+                path.unlink(missing_ok=True)  # its run is gone: take over
+                continue
+            who = f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other else "an unknown run"
+            job = f" (Ray job {other['job']})" if other and other.get("job") else ""
+            raise ConfigError(f"{out_dir} is in use by another run: {who}{job}. Wait for it to finish, or delete "
+                              f"{path} if that run is gone") from None
+    with os.fdopen(fd, "w") as file:
+        json.dump(holder, file)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # being written this instant, or damaged
+        return None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # unknown: assume it runs
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
-from .paths import clean_temp_files
+from .paths import clean_temp_files, output_lock
 from .progress import Progress
 from .request import MAX_FRAMES, RenderRequest, to_request
 from .scheduler import OK, Outcome, Scheduler
@@ -90,7 +90,12 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
     so a run with nothing left to render never starts it."""
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     config.out.mkdir(parents=True, exist_ok=True)
-    clean_temp_files(config.out)
+    with output_lock(config.out):  # before cleaning: temporary files may be another live run's
+        clean_temp_files(config.out)
+        return _run_locked(config, plan, connect)
+
+
+def _run_locked(config: RunConfig, plan: Plan, connect) -> RunSummary:
     store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
     for record in plan.rejected:
