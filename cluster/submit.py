@@ -158,14 +158,14 @@ def _package_limit() -> int:
 
 
 def _token_auth_on() -> bool:
+    """Whether this machine's Ray uses token authentication: RAY_AUTH_MODE, or when unset, whether a token is
+    there for Ray to find (it then turns authentication on by itself). Read from the environment and the
+    token file only: Ray's own token loader caches its state for the process, before ray.init."""
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None:
         return mode.lower() == "token"
-    try:  # unset: Ray turns token authentication on when it finds a token
-        from ray._private.authentication.authentication_token_setup import AuthenticationTokenLoader
-    except ImportError:
-        return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"))
-    return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")).expanduser()
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or token_file.is_file()
 
 
 def _use_local_token() -> None:

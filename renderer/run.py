@@ -148,6 +148,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
                              dict(cpu_offload=config.cpu_offload, compile=config.compile))
         except ModelLoadError as exc:
             for request in group:
+                progress.event("start")  # each row starts and fails at once
                 done(request, Outcome("error", str(exc)), 0)
             continue
         try:

@@ -1,0 +1,59 @@
+"""Several Ray nodes on this machine (ray.cluster_utils.Cluster): actors spread over them, and a node
+removed mid-run costs nothing but time."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, read_metadata, write_table
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ports() -> dict:
+    # every node its own agent and metrics ports: the defaults would collide on one machine
+    return dict(dashboard_agent_listen_port=free_port(), metrics_agent_port=free_port(),
+                metrics_export_port=free_port(), runtime_env_agent_port=free_port())
+
+
+@pytest.fixture
+def cluster():
+    """A head that renders nothing and three worker nodes of one CPU each: one actor slot per node, as a
+    node with one GPU offers one."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, **node_ports()))
+    workers = [cluster.add_node(num_cpus=1, **node_ports()) for _ in range(3)]
+    yield cluster, workers
+    cluster.shutdown()
+
+
+def test_a_node_removed_mid_run_has_its_rows_rendered_elsewhere(cluster, tmp_path):
+    cluster, workers = cluster
+    rows = [dict(id=f"r{i:02d}", prompt=f"scene {i}", num_frames=8, num_inference_steps=3) for i in range(18)]
+    out = tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "run", str(write_table(tmp_path / "t.parquet", rows)), "--out", str(out),
+         "--address", cluster.address, "--model", "tiny-animatediff", "--actors", "3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while len(list((out / "videos").glob("*.mp4")) if (out / "videos").is_dir() else []) < 3:
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
+        time.sleep(0.2)
+    cluster.remove_node(workers[0])  # takes its actor, its queued rows and its objects with it
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    records = read_metadata(out)
+    assert sorted(records) == [row["id"] for row in rows]
+    assert all(r["status"] == "ok" and (out / r["video_path"]).is_file() for r in records.values())
+    assert len({r["actor"] for r in records.values()}) == 3  # the rows were spread over the three nodes' actors
+    assert any(r["attempts"] == 2 for r in records.values()), output  # the row its actor was rendering, again
+    assert "done: 18 ok" in output
