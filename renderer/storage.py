@@ -194,7 +194,9 @@ def _fs(location: str):
 
 @functools.lru_cache(maxsize=None)
 def _filesystem(scheme: str, netloc: str):
-    """One filesystem per bucket and process: building one may ask the store for the bucket's region."""
+    """One filesystem per bucket and process: building one may ask the store for the bucket's region.
+    Built by from_uri rather than S3FileSystem(): in pyarrow 26 only from_uri applies AWS_ENDPOINT_URL(_S3)
+    from the environment (the constructor sends requests to AWS whatever the environment says)."""
     from pyarrow.fs import FileSystem
 
     return FileSystem.from_uri(f"{scheme}://{netloc}/")
