@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 
 import click
 
+from renderer import storage
 from renderer.errors import ConfigError, TableError
+from renderer.paths import METADATA_FILE
 from renderer.request import MAX_FRAMES
 
 EPILOG = """\b
@@ -63,10 +64,16 @@ def run_options(command):
     return command
 
 
+def _out_location(ctx, param, value: str) -> str:
+    """--out: an object-store URI as given, or a local folder (which must not be a file)."""
+    return value if storage.is_uri(value) else click.Path(file_okay=False).convert(value, param, ctx)
+
+
 @main.command(epilog=EPILOG)
 @click.argument("tables", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: videos/*.mp4 and metadata.parquet.")
+@click.option("--out", required=True, metavar="DIR|URI", callback=_out_location,
+              help="Output folder or object-store prefix (s3://bucket/prefix, gs://...): videos/*.mp4 and "
+                   "metadata.parquet.")
 @click.option("--address", help="Ray address of a running cluster ('auto' inside a Ray Job); "
                                 "default: start an embedded local Ray.")
 @run_options
@@ -87,6 +94,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
       render run rows.parquet --out runs/b --device cuda --model stabilityai/stable-video-diffusion-img2vid-xt
       render run rows.parquet --out runs/c --model t2v-zero:/models/sd15 --cpu-offload
       render run long.parquet --out runs/d --model tiny-animatediff --actors 4 --max-frames 4096
+      render run s3://bucket/in/rows.parquet --out s3://bucket/runs/e --model tiny-animatediff
     """
     from cluster.connect import connect
     from cluster.submit import auth_warning
@@ -257,10 +265,10 @@ def _table_error(exc: Exception):
     sys.exit(2)
 
 
-def _print_summary(summary, out: Path) -> None:
+def _print_summary(summary, out: str) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     skipped = f" ({summary.skipped} already rendered, skipped)" if summary.skipped else ""
-    click.echo(f"done: {counts}{skipped} -> {out / 'metadata.parquet'}")
+    click.echo(f"done: {counts}{skipped} -> {storage.join(out, METADATA_FILE)}")
     for row_id, error in summary.errors:
         click.echo(f"  {row_id!r}: {error}")
 

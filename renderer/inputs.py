@@ -1,19 +1,24 @@
-"""Conditioning inputs (images, videos): located and checked on the driver, decoded on the actor."""
+"""Conditioning inputs (images, videos): located and checked on the driver, decoded on the actor.
+
+An input is a local path or an object URI (see storage.py), resolved against its table's location, or
+an image's encoded bytes.
+"""
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 from pathlib import Path
 
+from . import storage
 from .errors import RowRejected
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|/)")
 
 
-def input_ref(column: str, value, table_dir: Path, allow_bytes: bool) -> str | bytes:
-    """Turn an `image`/`video` cell into an absolute local path (or raw bytes); reject URLs and URIs."""
+def input_ref(column: str, value, table_dir: str | Path, allow_bytes: bool) -> str | bytes:
+    """Turn an `image`/`video` cell into an absolute path or object URI beside the table (or raw bytes);
+    reject URLs and URIs in the cell before anything is reached."""
     if allow_bytes and isinstance(value, (bytes, bytearray)):
         if not value:
             raise RowRejected(column, value, "empty bytes")
@@ -23,10 +28,14 @@ def input_ref(column: str, value, table_dir: Path, allow_bytes: bool) -> str | b
         raise RowRejected(column, value, f"must be {kinds}")
     if URI.match(value):
         raise RowRejected(column, value, "absolute URLs/URIs are not fetched; use a path relative to the table")
-    path = (table_dir / value).resolve()
-    if not path.is_file():
-        raise RowRejected(column, value, f"no such file (resolved to {path})")
-    return str(path)
+    location = storage.resolve(table_dir, value)
+    try:
+        found = storage.is_file(location)
+    except OSError as exc:  # the store refused or could not be reached
+        raise RowRejected(column, value, f"cannot reach {location} ({exc})") from None
+    if not found:
+        raise RowRejected(column, value, f"no such file (resolved to {location})")
+    return location
 
 
 def check_image(ref: str | bytes) -> None:
@@ -50,13 +59,15 @@ def load_image(ref: str | bytes):
 
 
 def check_video(path: str) -> None:
-    """ffmpeg must recognise a video stream (reads the header only)."""
+    """ffmpeg must recognise a video stream (reads the header only; an object is downloaded first, since
+    an mp4's header may sit at its end)."""
     import imageio_ffmpeg
 
     try:
-        reader = imageio_ffmpeg.read_frames(path)
-        next(reader)
-        reader.close()
+        with storage.local_copy(path) as local:
+            reader = imageio_ffmpeg.read_frames(local)
+            next(reader)
+            reader.close()
     except Exception as exc:
         raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
 
@@ -69,13 +80,14 @@ def load_video(path: str, num_frames: int, width: int, height: int) -> list:
 
     frames = []
     try:
-        reader = imageio_ffmpeg.read_frames(path, output_params=["-vf", f"scale={width}:{height}"])
-        next(reader)  # the header
-        for buffer in reader:
-            frames.append(Image.fromarray(np.frombuffer(buffer, np.uint8).reshape(height, width, 3)))
-            if len(frames) == num_frames:
-                break
-        reader.close()
+        with storage.local_copy(path) as local:
+            reader = imageio_ffmpeg.read_frames(local, output_params=["-vf", f"scale={width}:{height}"])
+            next(reader)  # the header
+            for buffer in reader:
+                frames.append(Image.fromarray(np.frombuffer(buffer, np.uint8).reshape(height, width, 3)))
+                if len(frames) == num_frames:
+                    break
+            reader.close()
     except Exception as exc:
         raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
     if len(frames) < num_frames:
@@ -84,14 +96,15 @@ def load_video(path: str, num_frames: int, width: int, height: int) -> list:
 
 
 def input_identity(ref: str | bytes) -> str:
-    """What a result depends on: content hash for bytes, path+size+mtime for files (no re-read)."""
+    """What a result depends on: content hash for bytes, location+size+mtime for files (no re-read)."""
     if isinstance(ref, bytes):
         return "sha256:" + hashlib.sha256(ref).hexdigest()
-    stat = os.stat(ref)
-    return f"file:{ref}:{stat.st_size}:{stat.st_mtime_ns}"
+    size, mtime_ns = storage.stat(ref)
+    return f"file:{ref}:{size}:{mtime_ns}"
 
 
 def _open_image(ref: str | bytes):
     from PIL import Image
 
-    return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
+    # read whole (PIL decodes or verifies all of it anyway): one request to an object store, not many ranges
+    return Image.open(io.BytesIO(ref if isinstance(ref, bytes) else storage.read_bytes(ref)))

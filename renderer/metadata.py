@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from .paths import METADATA_FILE, commit, temp_path_for
+from . import storage
+from .paths import METADATA_FILE
 from .request import RenderRequest
 
 FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
@@ -52,8 +53,8 @@ def rejected_record(row: dict, error: str) -> dict:
 class MetadataStore:
     """Holds the records of a run and writes `metadata.parquet` atomically, at most every few seconds."""
 
-    def __init__(self, out_dir: Path, resume: bool = True, flush_every: float = 5.0):
-        self.path = out_dir / METADATA_FILE
+    def __init__(self, out_dir: str | Path, resume: bool = True, flush_every: float = 5.0):
+        self.path = storage.join(out_dir, METADATA_FILE)
         self.out_dir = out_dir
         self.flush_every = flush_every
         self.records: dict[str, dict] = {}
@@ -64,7 +65,7 @@ class MetadataStore:
         """The previous run's record if this exact request is already rendered and its video is in place."""
         prev = self.previous.get(request.id)
         if prev and prev["status"] == "ok" and prev.get("fingerprint") == request.fingerprint() \
-                and (self.out_dir / prev["video_path"]).is_file():
+                and storage.is_file(storage.join(self.out_dir, prev["video_path"])):
             return prev
         return None
 
@@ -80,21 +81,15 @@ class MetadataStore:
         ids = order if order is not None else list(self.records)
         rows = [{name: self.records[i].get(name) for name in FIELDS} for i in ids if i in self.records]
         schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
-        temp = temp_path_for(self.path)
-        try:
+        with storage.writing(self.path) as temp:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
-            commit(temp, self.path)
-        finally:
-            temp.unlink(missing_ok=True)
         self._last_flush = time.monotonic()
 
     def _read_previous(self) -> dict[str, dict]:
-        import pyarrow.parquet as pq
-
-        if not self.path.exists():
+        if storage.kind(self.path) is None:
             return {}
         try:
-            return {r["id"]: r for r in pq.read_table(self.path).to_pylist()}
+            return {r["id"]: r for r in storage.read_parquet(self.path).to_pylist()}
         except Exception as exc:
             print(f"warning: ignoring unreadable {self.path} ({exc}); every row renders again", file=sys.stderr)
             return {}

@@ -1,4 +1,4 @@
-"""Output paths and atomic file commits.
+"""Output paths and the output folder's lock.
 
 Ids are data: a video's file name is derived from the id (a short slug plus a hash) so that no id
 can name a location outside the output directory and two different ids never collide.
@@ -12,14 +12,13 @@ import os
 import re
 import socket
 import time
-import uuid
 from pathlib import Path
 
+from . import storage
 from .errors import ConfigError
 
 VIDEOS_DIR = "videos"
 METADATA_FILE = "metadata.parquet"
-TEMP_MARK = ".tmp-"
 LOCK_FILE = ".render.lock"
 
 
@@ -34,58 +33,52 @@ def video_relpath(row_id: str) -> str:
     return f"{VIDEOS_DIR}/{slug(row_id)}-{digest}.mp4"
 
 
-def temp_path_for(final: Path) -> Path:
-    """A unique temporary sibling of `final`; only `commit` ever gives it the final name."""
-    return final.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{final.name}")
-
-
-def commit(temp: Path, final: Path) -> None:
-    """Atomically move a finished file into place (rename replaces a planted symlink, never follows it)."""
-    os.replace(temp, final)
-
-
-def clean_temp_files(out_dir: Path) -> int:
-    """Remove temporary files left by an interrupted run; they are never promoted."""
+def clean_temp_files(out_dir) -> int:
+    """Remove temporary files left by an interrupted run; they are never promoted. An object store has
+    none: its files are written in a local temporary folder and uploaded whole."""
+    if storage.is_uri(out_dir):
+        return 0
     removed = 0
-    for folder in (out_dir, out_dir / VIDEOS_DIR):
+    for folder in (Path(out_dir), Path(out_dir) / VIDEOS_DIR):
         if folder.is_dir():
-            for leftover in folder.glob(f"{TEMP_MARK}*"):
+            for leftover in folder.glob(f"{storage.TEMP_MARK}*"):
                 leftover.unlink(missing_ok=True)
                 removed += 1
     return removed
 
 
 @contextlib.contextmanager
-def output_lock(out_dir: Path):
+def output_lock(out_dir):
     """Hold `out_dir` for one run: a second run aimed at it refuses, naming the holder. A lock left by a
-    run that died on this host is taken over; one from another host is only reported."""
-    path = out_dir / LOCK_FILE
+    run that died on this host is taken over; one from another host is only reported.
+
+    On a local or NFS folder the lock file is created exclusively, so two runs can never both hold it. On
+    an object store the lock is best effort (see storage.create_exclusive): a run refuses while a lock
+    object exists, but two runs started in the same instant can both take it."""
+    path = storage.join(out_dir, LOCK_FILE)
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "job": os.environ.get("RAY_JOB_SUBMISSION_ID")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
+    try:
+        while not storage.create_exclusive(path, holder):
             other = _read_lock(path)
             if other and other.get("host") == holder["host"] and not _alive(other.get("pid")):
-                path.unlink(missing_ok=True)  # its run is gone: take over
+                storage.delete(path)  # its run is gone: take over
                 continue
             who = f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other else "an unknown run"
             job = f" (Ray job {other['job']})" if other and other.get("job") else ""
             raise ConfigError(f"{out_dir} is in use by another run: {who}{job}. Wait for it to finish, or delete "
-                              f"{path} if that run is gone") from None
-    with os.fdopen(fd, "w") as file:
-        json.dump(holder, file)
+                              f"{path} if that run is gone")
+    except (OSError, ValueError) as exc:  # unwritable folder, missing bucket, no credentials, unknown scheme
+        raise ConfigError(f"{out_dir}: cannot take the output lock {path} ({exc})") from None
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        storage.delete(path)
 
 
-def _read_lock(path: Path) -> dict | None:
+def _read_lock(path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(path))
     except (OSError, ValueError):  # being written this instant, or damaged
         return None
 

@@ -11,10 +11,10 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import ray
 
+from . import storage
 from .errors import RowRejected
 from .scheduler import CRASHED, ERROR, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
 
@@ -69,10 +69,11 @@ class RenderActor:
 
 @ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot
 def encode(frames, info: dict, final_path: str, fps: int) -> dict:
+    """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done)."""
     from .video import write_mp4
 
     start = time.perf_counter()
-    write_mp4(frames, Path(final_path), fps)
+    write_mp4(frames, final_path, fps)
     return {**info, "encode_seconds": time.perf_counter() - start}
 
 
@@ -93,7 +94,7 @@ class Slot:
 class ActorPool:
     """An Executor (see scheduler.py) over `actors` RenderActors of one model."""
 
-    def __init__(self, model: str, out_dir: Path, actors: int, device: str, gpus_per_actor: float, threads: int,
+    def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
                  load_options: dict):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0)
         if device.startswith("cuda"):
@@ -120,7 +121,7 @@ class ActorPool:
         if task.whole_row or task.chunk == STITCH:
             frames, info = (slot.actor.render.remote(request) if task.whole_row
                             else slot.actor.stitch.remote(request, *task.parts))
-            ticket = encode.remote(frames, info, str(self.out_dir / request.video_path), request.fps)
+            ticket = encode.remote(frames, info, storage.join(self.out_dir, request.video_path), request.fps)
         else:
             output, ticket = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
             self.outputs[ticket] = output

@@ -41,8 +41,8 @@ class RenderRequest:
     seed: int
     prompt: str | None = None
     negative_prompt: str | None = None
-    image: str | bytes | None = None  # absolute path or encoded bytes
-    video: str | None = None  # absolute path
+    image: str | bytes | None = None  # absolute path, object URI or encoded bytes
+    video: str | None = None  # absolute path or object URI
     params: dict = field(default_factory=dict)
     chunk_mode: str | None = None  # "anchored" or "chain" for a row of several chunks
     plan: tuple[Chunk, ...] = ()  # the chunks; default: the whole row in one call
@@ -69,7 +69,7 @@ def derive_seed(base_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
-def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: Path = Path("."),
+def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: str | Path = Path("."),
                max_frames: int = MAX_FRAMES) -> RenderRequest:
     row_id = row["id"]
     spec = _model_spec(row.get("model"), default_model)
@@ -188,7 +188,7 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     return value
 
 
-def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: Path) -> str | bytes | None:
+def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path) -> str | bytes | None:
     """The row's `image` or `video`: required, accepted or refused by the family; checked cheaply here."""
     value = row.get(column)
     family = spec.family

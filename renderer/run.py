@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import storage
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
 from .paths import clean_temp_files, output_lock
@@ -24,8 +25,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class RunConfig:
-    tables: tuple[str, ...]
-    out: Path
+    tables: tuple[str, ...]  # local paths or object URIs (s3://, gs://)
+    out: str | Path  # a local folder or an object-store prefix; kept as a str
     model: str | None = None  # for rows without a `model`
     actors: int | None = None  # per model; default one per GPU (one on a CPU-only cluster)
     gpus_per_actor: float = 1.0
@@ -39,6 +40,7 @@ class RunConfig:
     max_frames: int = MAX_FRAMES  # a row asking for more is rejected
 
     def __post_init__(self):
+        object.__setattr__(self, "out", os.fspath(self.out))
         if not self.tables:
             raise ValueError("at least one table is required")
         if self.actors is not None and self.actors < 1:
@@ -89,7 +91,7 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
     """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
     so a run with nothing left to render never starts it."""
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
-    config.out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(config.out)
     with output_lock(config.out):  # before cleaning: temporary files may be another live run's
         clean_temp_files(config.out)
         return _run_locked(config, plan, connect)

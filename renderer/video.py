@@ -1,34 +1,30 @@
-"""mp4 encoding (H.264, yuv420p) with an atomic commit, and reading a video back."""
+"""mp4 encoding (H.264, yuv420p) with an atomic commit, and reading a local video back."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .paths import commit, temp_path_for
+from . import storage
 
 
-def write_mp4(frames: np.ndarray, final: Path, fps: int) -> None:
-    """Encode uint8 frames (F, H, W, 3) to `final`; a crash leaves only a temporary file, never `final`."""
+def write_mp4(frames: np.ndarray, final: str | Path, fps: int) -> None:
+    """Encode uint8 frames (F, H, W, 3) to `final` (a local path or an object URI); a crash never leaves a
+    partial file there (see storage.writing)."""
     import imageio_ffmpeg
 
     count, height, width, _ = frames.shape
-    temp = temp_path_for(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    writer = imageio_ffmpeg.write_frames(
-        str(temp), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-        macro_block_size=2, quality=None, output_params=["-crf", "18", "-f", "mp4", "-movflags", "+faststart"],
-        ffmpeg_log_level="error")
-    try:
-        writer.send(None)
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-    except BaseException:
-        writer.close()
-        temp.unlink(missing_ok=True)
-        raise
-    commit(temp, final)
+    with storage.writing(final) as temp:
+        writer = imageio_ffmpeg.write_frames(
+            str(temp), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+            macro_block_size=2, quality=None, output_params=["-crf", "18", "-f", "mp4", "-movflags", "+faststart"],
+            ffmpeg_log_level="error")
+        try:
+            writer.send(None)
+            for frame in frames:
+                writer.send(np.ascontiguousarray(frame))
+        finally:
+            writer.close()
 
 
 def read_mp4(path: Path) -> tuple[np.ndarray, float]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,9 @@ def copy_example(tmp_path: Path) -> Path:
     folder = tmp_path / "example"
     shutil.copytree(EXAMPLE.parent, folder, ignore=shutil.ignore_patterns("*.py"))
     return folder / EXAMPLE.name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

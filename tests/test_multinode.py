@@ -2,20 +2,13 @@
 removed mid-run costs nothing but time."""
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, read_metadata, write_table
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, free_port, read_metadata, write_table
 
 
 def node_ports() -> dict:

@@ -1,0 +1,202 @@
+"""Where tables, conditioning inputs and outputs live: a local (or NFS) path, or an object-store URI.
+
+This is the one module that tells the two apart; everything else passes locations (str or Path) through
+it. Object stores (`s3://bucket/key`, `gs://bucket/key`) go through pyarrow's filesystems, built by
+`FileSystem.from_uri`, which takes credentials, region and endpoint from the environment as the cloud
+SDKs do: for an S3-compatible store (MinIO, Ceph, R2, a test server) set `AWS_ENDPOINT_URL_S3` or
+`AWS_ENDPOINT_URL` (e.g. `http://127.0.0.1:9000`; the URL's scheme picks http or https). Local paths keep
+plain os/pathlib semantics: atomic rename into place, exclusive create.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+TEMP_MARK = ".tmp-"  # local temporary files only: an object store never sees one
+
+
+def is_uri(location) -> bool:
+    """Whether `location` names an object (scheme://...) rather than a local path; a Path is always local."""
+    return isinstance(location, str) and bool(SCHEME.match(location))
+
+
+def join(base, relative: str) -> str:
+    """`relative` (slash-separated, never climbing) under the folder or prefix `base`."""
+    return base.rstrip("/") + "/" + relative if is_uri(base) else str(Path(base) / relative)
+
+
+def parent(location) -> str:
+    """The folder of a file: a table's relative input paths resolve against it."""
+    if is_uri(location):
+        return location.rstrip("/").rsplit("/", 1)[0]
+    return str(Path(location).resolve().parent)
+
+
+def resolve(folder, relative: str) -> str:
+    """A row's input path against its table's folder. In a bucket `..` stops at the bucket's root, so a row
+    can never name another bucket or a local file."""
+    if not is_uri(folder):
+        return str((Path(folder) / relative).resolve())
+    parts = urlsplit(folder)
+    path = posixpath.normpath(posixpath.join("/" + parts.path.lstrip("/"), relative)).lstrip("/")
+    return f"{parts.scheme}://{parts.netloc}/{path}"
+
+
+def kind(location) -> str | None:
+    """'file', 'dir' (a folder, or a prefix with objects under it) or None when nothing is there."""
+    if not is_uri(location):
+        path = Path(location)
+        return None if not path.exists() else "dir" if path.is_dir() else "file"
+    return {"File": "file", "Directory": "dir"}.get(_info(location).type.name)
+
+
+def is_file(location) -> bool:
+    return Path(location).is_file() if not is_uri(location) else kind(location) == "file"
+
+
+def stat(location) -> tuple[int, int]:
+    """(size, mtime in ns): a file's identity without reading it (an overwritten object gets a new mtime)."""
+    if not is_uri(location):
+        info = os.stat(location)
+        return info.st_size, info.st_mtime_ns
+    info = _info(location)
+    if info.type.name != "File":
+        raise FileNotFoundError(f"{location}: no such object")
+    return info.size, info.mtime_ns
+
+
+def read_bytes(location) -> bytes:
+    if not is_uri(location):
+        return Path(location).read_bytes()
+    filesystem, path = _fs(location)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def read_parquet(location):
+    import pyarrow.parquet as pq
+
+    if not is_uri(location):
+        return pq.read_table(location)
+    filesystem, path = _fs(location)
+    return pq.read_table(path, filesystem=filesystem)
+
+
+@contextlib.contextmanager
+def local_copy(location):
+    """A local path holding the file at `location`, for tools that only read local files (ffmpeg): an object
+    is downloaded to a temporary file, removed when the block ends."""
+    if not is_uri(location):
+        yield str(location)
+        return
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    filesystem, path = _fs(location)
+    with tempfile.TemporaryDirectory(prefix="render-") as folder:
+        local = os.path.join(folder, posixpath.basename(path))
+        copy_files(path, local, source_filesystem=filesystem, destination_filesystem=LocalFileSystem())
+        yield local
+
+
+@contextlib.contextmanager
+def writing(final):
+    """A local temporary file to write into; when the block ends without error it becomes `final` in one
+    step, otherwise it is removed. Locally that step is a rename from a sibling (atomic, and it replaces a
+    planted symlink instead of following it). For an object store the finished file is uploaded from a
+    local temporary folder: an S3 PUT or multipart upload (and a GCS upload) becomes visible only once it
+    completes, so no partial object ever appears at `final`, and nothing temporary is written under the
+    output prefix."""
+    if is_uri(final):
+        with tempfile.TemporaryDirectory(prefix="render-") as folder:
+            temp = Path(folder) / posixpath.basename(final)
+            yield temp
+            _upload(temp, final)
+        return
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{final.name}")
+    try:
+        yield temp
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def create_exclusive(location, data: dict) -> bool:
+    """Create `location` holding `data` as JSON unless something is there already; False when it is.
+    Atomic on a local or NFS filesystem (O_EXCL). On an object store only best effort: pyarrow has no
+    create-if-absent, so two runs that check in the same instant can both go ahead."""
+    if is_uri(location):
+        if kind(location) is not None:
+            return False
+        with writing(location) as temp:
+            temp.write_text(json.dumps(data))
+        return True
+    try:
+        fd = os.open(location, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as file:
+        json.dump(data, file)
+    return True
+
+
+def delete(location) -> None:
+    """Remove a file if it is there. On S3, pyarrow then writes a zero-byte marker object for the parent
+    "folder" (`prefix/`) so that the folder does not vanish (apache/arrow#36275; it cannot be turned off)."""
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+        return
+    filesystem, path = _fs(location)
+    with contextlib.suppress(FileNotFoundError):
+        filesystem.delete_file(path)
+
+
+def make_dirs(location) -> None:
+    """Create a local folder; an object store has no folders to create (its keys carry the prefix)."""
+    if not is_uri(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+
+
+def _upload(local: Path, final: str) -> None:
+    # copy_files streams in C++: no Python-level interruption between the parts of one upload
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    filesystem, path = _fs(final)
+    copy_files(str(local), path, source_filesystem=LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def _info(location: str):
+    filesystem, path = _fs(location)
+    return filesystem.get_file_info(path)
+
+
+def _fs(location: str):
+    """(pyarrow filesystem, path inside it) of a URI."""
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        raise ValueError(f"{location}: give a local location as a plain path")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{location}: options in the URI are not supported; set them in the environment "
+                         "(AWS_REGION, AWS_ENDPOINT_URL, ...)")
+    filesystem, root = _filesystem(parts.scheme, parts.netloc)
+    return filesystem, posixpath.join(root, parts.path.lstrip("/"))
+
+
+@functools.lru_cache(maxsize=None)
+def _filesystem(scheme: str, netloc: str):
+    """One filesystem per bucket and process: building one may ask the store for the bucket's region.
+    Built by from_uri rather than S3FileSystem(): in pyarrow 26 only from_uri applies AWS_ENDPOINT_URL(_S3)
+    from the environment (the constructor sends requests to AWS whatever the environment says)."""
+    from pyarrow.fs import FileSystem
+
+    return FileSystem.from_uri(f"{scheme}://{netloc}/")
