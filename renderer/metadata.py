@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import storage
+from . import faults, storage
 from .paths import METADATA_FILE
 from .request import RenderRequest
 
@@ -15,6 +15,7 @@ FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
     "params": "string", "fingerprint": "string",
+    "recoveries": "list<string>",  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
     # long rows (null for a row rendered in one call)
     "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
     "seams": "list<float64>", "drift": "list<float64>",
@@ -30,6 +31,7 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
         "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
+        "recoveries": info.get("recoveries") or None,
         "chunk_mode": request.chunk_mode,
         "chunk_plan": json.dumps([[c.start, c.end] for c in request.plan]) if chunked else None,
         "chunk_actors": info.get("chunk_actors"), "seams": info.get("seams"), "drift": info.get("drift"),
@@ -83,6 +85,7 @@ class MetadataStore:
         schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
         with storage.writing(self.path) as temp:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
+            faults.at_write("metadata", METADATA_FILE, 1.0)
         self._last_flush = time.monotonic()
 
     def _read_previous(self) -> dict[str, dict]:

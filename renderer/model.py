@@ -1,12 +1,13 @@
 """A loaded pipeline and the one code path that turns a row into frames."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from . import faults
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput
 from .inputs import load_image, load_video
@@ -19,6 +20,8 @@ class Model:
     spec: ModelSpec
     pipeline: Any
     device: str
+    offloaded: bool = False  # loaded with CPU offload
+    recoveries: list[str] = field(default_factory=list)  # what the last render needed to succeed (OOM, NaN)
 
     def __post_init__(self):
         self.pipeline.set_progress_bar_config(disable=True)
@@ -44,8 +47,11 @@ class Model:
     def render_whole(self, request: RenderRequest) -> np.ndarray:
         """A row that fits the window: the plain diffusers call."""
         image, video = self._inputs(request, request.num_frames)
-        generator = self._configure(request)
-        return to_uint8(np.asarray(self.spec.family.generate(self.pipeline, request, image, video, generator)))
+
+        def frames(req):
+            out = self.spec.family.generate(self.pipeline, req, image, video, self._configure(req))
+            return to_uint8(np.asarray(faults.at_output(req.id, out)))
+        return self._guarded(request, frames)
 
     def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
         """One chunk of a long row: uint8 frames, or float32 latents (frames first) where the family stitches
@@ -57,23 +63,77 @@ class Model:
             from PIL import Image
 
             image = Image.fromarray(previous[chunk.start - request.plan[index - 1].start])
-        generator = self._configure(request)  # reseeded per chunk: every chunk sees the row's own seed
-        out = family.generate_chunk(self.pipeline, request, chunk, image, video, generator)
-        if family.stitches_latents(request):
-            if not np.isfinite(out).all():
-                raise BadOutput("nan_output: the pipeline produced NaN or infinite latents")
-            return out
-        frames = to_uint8(np.asarray(out))
-        return colour_match(frames, first) if first is not None else frames
+
+        def output(req):
+            # reseeded per chunk: every chunk sees the row's own seed
+            out = family.generate_chunk(self.pipeline, req, chunk, image, video, self._configure(req))
+            out = faults.at_output(req.id, out)
+            if family.stitches_latents(req):
+                if not np.isfinite(out).all():
+                    raise BadOutput("nan_output: the pipeline produced NaN or infinite latents")
+                return out
+            frames = to_uint8(np.asarray(out))
+            return colour_match(frames, first) if first is not None else frames
+        return self._guarded(request, output)
 
     def stitch(self, request: RenderRequest, parts: list) -> tuple[np.ndarray, dict]:
         """The chunks blended into exactly num_frames uint8 frames, and the seam metrics of the result."""
         family = self.spec.family
         blended = stitch(request.plan, parts)
         if family.stitches_latents(request):
-            self._configure(request)  # the row's VAE options
-            blended = np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, request, blended)])
+            def decoded(req):
+                self._configure(req)  # the row's VAE options
+                return np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, req, blended)])
+            blended = self._guarded(request, decoded)
         return blended, seam_metrics(blended, request.plan)
+
+    def _guarded(self, request: RenderRequest, produce: Callable[[RenderRequest], np.ndarray]) -> np.ndarray:
+        """`produce(request)` with the two recoveries a GPU render may need, each noted in `self.recoveries`:
+
+        - out of memory: retried down a ladder of memory options (smaller VAE decodes, slicing and tiling,
+          then CPU offload), so a row that fits only with them still renders; the next row starts afresh;
+        - NaN or black frames (fp16 overflow, mostly in the VAE): retried once with the VAE in float32, then
+          the row fails `nan_output`, never retried again: the same weights give the same frames.
+        """
+        import torch
+
+        self.recoveries = []
+        rungs = memory_rungs(self.spec.family, request, self.device, self.offloaded)
+        offloaded = False  # whether the ladder moved the pipeline to CPU offload for this row
+        try:
+            while True:
+                try:
+                    faults.at_render(request.id)
+                    return produce(request)
+                except torch.OutOfMemoryError:
+                    if not rungs:
+                        raise
+                    rung = rungs.pop(0)
+                    self.recoveries.append("out_of_memory: " + ", ".join(f"{k}={v}" for k, v in rung.items()))
+                    self._free_memory()
+                    if rung.pop("cpu_offload", False):
+                        self.pipeline.enable_model_cpu_offload(device=self.device)
+                        offloaded = True
+                    request = replace(request, params={**request.params, **rung})
+                except BadOutput as exc:
+                    if request.params.get("vae_float32"):
+                        raise BadOutput(f"{exc} (again with the VAE in float32)") from None
+                    self.recoveries.append(f"{str(exc).split(':')[0]}: vae_float32=True")
+                    request = replace(request, params={**request.params, "vae_float32": True})
+        finally:
+            if offloaded:  # the next row starts with the pipeline as it was loaded
+                self.pipeline.remove_all_hooks()
+                self.pipeline.to(self.device)
+
+    def _free_memory(self) -> None:
+        """Release what a failed attempt held before the next one allocates."""
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def _inputs(self, request: RenderRequest, frames: int) -> tuple:
         """The row's image and the first `frames` frames of its video (None where the row gives none)."""
@@ -87,6 +147,21 @@ class Model:
 
         self.spec.family.configure(self.pipeline, request, self._base_scheduler)
         return torch.Generator("cpu").manual_seed(request.seed)
+
+
+def memory_rungs(family, request: RenderRequest, device: str, offloaded: bool = False) -> list[dict]:
+    """The memory options tried in turn after an out-of-memory error, each rung adding to the last: the VAE
+    decodes fewer frames at once (sliced), then one frame in tiles with the UNet's feed-forward chunked, then
+    (CUDA only) every sub-model waits on the CPU until it runs. Options a family lacks are left out."""
+    allowed, params = family.allowed_params(), request.params
+    decode = params.get("decode_chunk_size") or family.decode_chunk_default or request.num_frames
+    rungs = [{"decode_chunk_size": decode // 2, "vae_slicing": True},
+             {"decode_chunk_size": 1, "vae_tiling": True, "forward_chunking": 1}]
+    rungs = [{k: v for k, v in rung.items() if k in allowed and params.get(k) != v
+              and not (k == "decode_chunk_size" and not 1 <= v < decode)} for rung in rungs]
+    if device.startswith("cuda") and not offloaded:
+        rungs.append({"cpu_offload": True})
+    return [rung for rung in rungs if rung]
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -133,4 +208,4 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
         pipeline.enable_model_cpu_offload(device=device)
     if compile:
         pipeline.unet.compile()
-    return Model(spec, pipeline, device)
+    return Model(spec, pipeline, device, offloaded=cpu_offload)

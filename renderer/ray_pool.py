@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 
 import ray
 
-from . import storage
-from .errors import RowRejected
-from .scheduler import CRASHED, ERROR, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
+from . import faults, storage
+from .errors import BadOutput, RowRejected
+from .scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
 
 ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
 TASKS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between tasks
@@ -46,34 +46,46 @@ class RenderActor:
     def render(self, request):
         """A whole row: its frames and what the record says of the render."""
         start = time.perf_counter()
-        frames = self.model.render_whole(request)
+        frames = self._survive(self.model.render_whole, request)
         return frames, self._info(start)
 
     @ray.method(num_returns=2)
     def render_chunk(self, request, index: int, previous, first):
         """One chunk of a long row: its frames or latents (kept in the object store for the stitch) and info."""
         start = time.perf_counter()
-        output = self.model.render_chunk(request, index, previous, first)
+        output = self._survive(self.model.render_chunk, request, index, previous, first)
         return output, self._info(start)
 
     @ray.method(num_returns=2)
     def stitch(self, request, *parts):
         """A long row's chunks blended (and decoded, for latents) into its frames; info with the seam metrics."""
         start = time.perf_counter()
-        frames, metrics = self.model.stitch(request, list(parts))
+        frames, metrics = self._survive(self.model.stitch, request, list(parts))
         return frames, {**self._info(start), **metrics}
 
+    def _survive(self, render, *args):
+        """Run a render; after a CUDA error that poisons the context (illegal access, ECC, launch failure) this
+        process can never use the GPU again: exit, so Ray restarts the actor fresh and the row is retried."""
+        try:
+            return render(*args)
+        except RuntimeError as exc:
+            if "CUDA error" in str(exc):
+                print(f"exiting after a CUDA error; the actor restarts: {exc}", flush=True)
+                os._exit(70)
+            raise
+
     def _info(self, start: float) -> dict:
-        return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name}
+        return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name,
+                "recoveries": list(self.model.recoveries)}
 
 
 @ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot
-def encode(frames, info: dict, final_path: str, fps: int) -> dict:
+def encode(frames, info: dict, final_path: str, fps: int, row_id: str) -> dict:
     """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done)."""
     from .video import write_mp4
 
     start = time.perf_counter()
-    write_mp4(frames, final_path, fps)
+    write_mp4(frames, final_path, fps, row_id)
     return {**info, "encode_seconds": time.perf_counter() - start}
 
 
@@ -96,7 +108,8 @@ class ActorPool:
 
     def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
                  load_options: dict):
-        options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0)
+        options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0,
+                       **faults.runtime_env())
         if device.startswith("cuda"):
             options["num_gpus"] = gpus_per_actor
         self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads, load_options)) for _ in range(actors)]
@@ -121,7 +134,8 @@ class ActorPool:
         if task.whole_row or task.chunk == STITCH:
             frames, info = (slot.actor.render.remote(request) if task.whole_row
                             else slot.actor.stitch.remote(request, *task.parts))
-            ticket = encode.remote(frames, info, storage.join(self.out_dir, request.video_path), request.fps)
+            ticket = encode.options(**faults.runtime_env()).remote(
+                frames, info, storage.join(self.out_dir, request.video_path), request.fps, request.id)
         else:
             output, ticket = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
             self.outputs[ticket] = output
@@ -184,13 +198,14 @@ def outcome_of(ticket: ray.ObjectRef) -> Outcome:
             return Outcome(ACTOR_DIED, f"worker_crashed: the actor died ({type(cause).__name__})")
         if isinstance(cause, ray.exceptions.WorkerCrashedError):  # the encode task's worker died
             return Outcome(CRASHED, f"worker_crashed: the encode worker died ({type(cause).__name__})")
-        return Outcome(REJECTED if isinstance(cause, RowRejected) else ERROR, describe(exc))
+        final = REJECTED if isinstance(cause, RowRejected) else FAILED if isinstance(cause, BadOutput) else ERROR
+        return Outcome(final, describe(exc))
 
 
 def describe(exc: BaseException) -> str:
     """The original exception's type and message, without Ray's wrapping traceback."""
     cause = getattr(exc, "cause", None) or exc
-    if isinstance(cause, RowRejected):
+    if isinstance(cause, (RowRejected, BadOutput)):
         return str(cause)
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Protocol
 
 OK, REJECTED, ERROR, CRASHED = "ok", "rejected", "error", "crashed"
+FAILED = "failed"  # failed for good (bad output after the actor's own retry): never retried
 REQUEUE = "requeue"  # lost through no fault of its own (queued behind a task that crashed its worker)
 STITCH = -1  # the chunk index of a row's stitch task
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # OK, REJECTED (bad input, never retried), ERROR (raised), CRASHED (worker died), REQUEUE
+    status: str  # OK, REJECTED (bad input), FAILED (for good), ERROR (raised), CRASHED (worker died), REQUEUE
     error: str | None = None
     info: dict = field(default_factory=dict)  # seconds, gpu, actor, ... for the record
     output: Any = None  # a chunk's frames or latents as the executor holds them (an ObjectRef under Ray)
@@ -137,7 +138,8 @@ class Scheduler:
             chunks = [row.infos[i] for i in sorted(row.infos)]
             info = {**outcome.info, "chunk_actors": [c.get("actor") for c in chunks],
                     "seconds": sum(c.get("seconds", 0.0) for c in chunks) + outcome.info.get("seconds", 0.0),
-                    "gpu": chunks[0].get("gpu")}
+                    "gpu": chunks[0].get("gpu"),
+                    "recoveries": [r for c in [*chunks, outcome.info] for r in c.get("recoveries", [])]}
             outcome = Outcome(outcome.status, outcome.error, info)
         self.on_done(row.request, outcome, max(row.attempts.values()))
         self.on_event("done", row.request)

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import storage
+from . import faults, storage
 
 
-def write_mp4(frames: np.ndarray, final: str | Path, fps: int) -> None:
+def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> None:
     """Encode uint8 frames (F, H, W, 3) to `final` (a local path or an object URI); a crash never leaves a
-    partial file there (see storage.writing)."""
+    partial file there (see storage.writing). `row_id` names the row for fault injection (see faults.py)."""
     import imageio_ffmpeg
 
     count, height, width, _ = frames.shape
@@ -21,7 +21,8 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int) -> None:
             ffmpeg_log_level="error")
         try:
             writer.send(None)
-            for frame in frames:
+            for index, frame in enumerate(frames):
+                faults.at_write("encode", row_id, index / count)
                 writer.send(np.ascontiguousarray(frame))
         finally:
             writer.close()

@@ -90,6 +90,7 @@ MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the
     "vae_slicing": Param(bool, "decode the VAE one frame/image at a time"),
     "vae_tiling": Param(bool, "decode the VAE in tiles (large frames)"),
     "forward_chunking": Param(int, "run the UNet's feed-forward layers in chunks of this size", minimum=1),
+    "vae_float32": Param(bool, "run the VAE in float32 on a GPU (slower; avoids float16 overflow to NaN)"),
 }
 
 
@@ -128,7 +129,8 @@ class Family(ABC):
     required: tuple[str, ...] = ()  # what a row must give; default: every input
     # other pipeline classes whose checkpoints this family loads when named as FAMILY:LOCATION
     compatible_classes: tuple[str, ...] = ()
-    memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking")
+    memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking", "vae_float32")
+    decode_chunk_default: int | None = None  # the pipeline's default decode_chunk_size; None: all frames at once
     chunk_modes: tuple[str, ...] = (ANCHORED,)  # how a long row's chunks are tied together; the first is the default
     # frame axis of one video's latents (output_type="latent", batch removed); None: the chunks are stitched
     # as frames, not as latents decoded after stitching
@@ -273,6 +275,8 @@ class Family(ABC):
             vae.enable_tiling() if params.get("vae_tiling") else vae.disable_tiling()
         if "forward_chunking" in self.memory_options:
             set_forward_chunking(unet, params.get("forward_chunking"))
+        if "vae_float32" in self.memory_options:
+            set_vae_float32(vae, unet.dtype, bool(params.get("vae_float32")))
 
 
 # a loaded pipeline -> (the text of the row it last encoded, its prompt embeddings)
@@ -307,6 +311,29 @@ def frame_noise(seed: int, frames, shape: tuple):
         generator = torch.Generator("cpu").manual_seed((seed * 1_000_003 + t) % 2**63)
         out.append(torch.randn(shape, generator=generator))
     return torch.stack(out)
+
+
+def set_vae_float32(vae, dtype, on: bool) -> None:
+    """The VAE in float32 (`on`) or back in the pipeline's `dtype`. In float32 its inputs are cast on the way
+    in, since the pipelines hand it latents in the denoiser's dtype."""
+    import torch
+
+    vae.to(torch.float32 if on else dtype)
+    hooks = vae.__dict__.setdefault("_render_float32_hooks", [])
+    if on and not hooks:
+        for part in (vae.decoder, getattr(vae, "post_quant_conv", None)):
+            if part is not None:
+                hooks.append(part.register_forward_pre_hook(_inputs_to_float32, with_kwargs=True))
+    elif not on:
+        while hooks:
+            hooks.pop().remove()
+
+
+def _inputs_to_float32(module, args, kwargs):
+    import torch
+
+    cast = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 def set_forward_chunking(unet, chunk_size: int | None) -> None:

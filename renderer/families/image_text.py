@@ -72,7 +72,7 @@ I2VGEN_XL = I2VGenXL(
         "eta": Param(float, "DDIM eta", minimum=0.0, maximum=1.0),
         "decode_chunk_size": Param(int, "frames the VAE decodes at once (the pipeline's default is 1)", minimum=1),
     },
-    column_aliases={"target_fps": "fps"},
+    column_aliases={"target_fps": "fps"}, decode_chunk_default=1,
     chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1,
     # PNDM is left out: it cannot rescale the betas to the zero terminal SNR the model was trained with
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++"),

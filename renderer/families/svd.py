@@ -44,11 +44,10 @@ class StableVideoDiffusion(Family):
                     fps=request.fps, **self.call_params(request))
 
     def decode_latents(self, pipeline, latents):
-        # as the pipeline's last step: the VAE, upcast to float32 for encoding the image, goes back to the
-        # denoiser's dtype; the temporal decoder sees all these frames at once, across the seams between chunks
-        pipeline.vae.to(dtype=pipeline.unet.dtype)
+        # the VAE's dtype was set for the row by `configure` (the pipeline leaves it in float32 after encoding
+        # the image when it returns latents); the temporal decoder sees all these frames at once, across seams
         frames = latents.shape[1]
-        return pipeline.decode_latents(latents.to(pipeline.unet.dtype), frames, decode_chunk_size=frames)
+        return pipeline.decode_latents(latents.to(pipeline.vae.dtype), frames, decode_chunk_size=frames)
 
 
 SVD_PARAMS = {
@@ -66,7 +65,7 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
         tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7, guidance_scale=3.0),
         params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
         chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=0,  # latents are (frames, channels, h, w)
-        memory_options=("forward_chunking",))  # the temporal VAE's memory knob is decode_chunk_size
+        memory_options=("forward_chunking", "vae_float32"))  # the temporal VAE's memory knob is decode_chunk_size
 
 
 SVD = _svd("svd", 14, "stabilityai/stable-video-diffusion-img2vid")

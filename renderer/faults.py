@@ -1,0 +1,105 @@
+"""Fault injection for the reliability tests: GPU and process faults made to happen on a CPU, on purpose.
+
+Test-only. Nothing here acts unless the environment variable RENDER_FAULTS is set, to a JSON list of
+faults, each `{"point": P, "fault": F, "id": ROW_ID, "times": N}` (`times` omitted: every time):
+
+| point    | fault         | what happens                                                              |
+|----------|---------------|---------------------------------------------------------------------------|
+| render   | kill          | the actor process is killed (SIGKILL) before the row's pipeline call        |
+| render   | hang          | the actor sleeps for an hour instead of rendering                          |
+| render   | raise         | the render raises RuntimeError                                             |
+| render   | cuda_error    | the render raises the error a poisoned CUDA context raises                 |
+| render   | oom           | the pipeline call raises torch.OutOfMemoryError                            |
+| output   | nan           | the pipeline's output frames are NaN                                       |
+| output   | black         | the pipeline's output frames are all black                                 |
+| encode   | kill          | the encode worker is killed after writing half the frames                  |
+| encode   | enospc        | the encode's write fails with "No space left on device" half way through   |
+| metadata | enospc        | writing metadata.parquet fails with "No space left on device" half way     |
+
+Every firing appends one JSON line to `$RENDER_FAULTS_LOG` (a file path; required), so a test first proves
+that its fault fired, and `times` counts firings across processes and actor restarts. The driver hands both
+variables to its actors and encode tasks (`runtime_env`), whichever Ray they run on.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import time
+
+VARIABLES = ("RENDER_FAULTS", "RENDER_FAULTS_LOG")
+OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by RENDER_FAULTS)"
+CUDA_ERROR_MESSAGE = "CUDA error: an illegal memory access was encountered (injected by RENDER_FAULTS)"
+
+
+def runtime_env() -> dict:
+    """Ray options that pass the fault variables on to workers; empty when no fault is configured."""
+    env = {name: os.environ[name] for name in VARIABLES if name in os.environ}
+    return {"runtime_env": {"env_vars": env}} if env else {}
+
+
+def due(point: str, row_id: str) -> str | None:
+    """The fault due now at `point` for this row (and logged as fired), or None."""
+    spec = os.environ.get("RENDER_FAULTS")
+    if not spec:
+        return None
+    for fault in json.loads(spec):
+        if fault["point"] != point or fault["id"] != row_id:
+            continue
+        if "times" in fault and len(fired(point, row_id, fault["fault"])) >= fault["times"]:
+            continue
+        with open(os.environ["RENDER_FAULTS_LOG"], "a") as log:  # one short append: atomic across processes
+            log.write(json.dumps({"point": point, "id": row_id, "fault": fault["fault"], "pid": os.getpid(),
+                                  "time": time.time()}) + "\n")
+        return fault["fault"]
+    return None
+
+
+def fired(point: str | None = None, row_id: str | None = None, fault: str | None = None) -> list[dict]:
+    """The firings logged so far, filtered by whichever of point, id and fault are given."""
+    try:
+        with open(os.environ["RENDER_FAULTS_LOG"]) as log:
+            entries = [json.loads(line) for line in log if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [e for e in entries if (point is None or e["point"] == point) and (row_id is None or e["id"] == row_id)
+            and (fault is None or e["fault"] == fault)]
+
+
+def at_render(row_id: str) -> None:
+    """Before a row's (or chunk's) pipeline call in the actor."""
+    fault = due("render", row_id)
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "hang":
+        time.sleep(3600)
+    elif fault == "raise":
+        raise RuntimeError("injected failure (RENDER_FAULTS)")
+    elif fault == "cuda_error":
+        raise RuntimeError(CUDA_ERROR_MESSAGE)
+    elif fault == "oom":
+        import torch
+
+        raise torch.OutOfMemoryError(OOM_MESSAGE)
+
+
+def at_output(row_id: str, frames):
+    """The pipeline's float frames, replaced by NaN or black ones when a fault is due."""
+    fault = due("output", row_id)
+    if fault == "nan":
+        return frames * float("nan")
+    if fault == "black":
+        return frames * 0
+    return frames
+
+
+def at_write(point: str, row_id: str, done: float) -> None:
+    """Inside a write (`done`: the share written so far): a worker death or a full disk half way."""
+    if done < 0.5:
+        return
+    fault = due(point, row_id)
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
