@@ -28,7 +28,7 @@ from renderer.run import RunConfig, run  # noqa: E402
 def render_once(table: Path, out: Path, actors: int) -> dict:
     import ray
 
-    ray.init(num_cpus=actors, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=actors, include_dashboard=False, logging_level="WARNING")
     try:
         start = time.perf_counter()
         summary = run(RunConfig((str(table),), out, actors=actors, device="cpu"))

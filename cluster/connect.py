@@ -16,4 +16,5 @@ def connect(address: str | None, actors: int | None = None) -> None:
         return
     # every CPU actor reserves a CPU slot; never declare fewer slots than requested actors
     cpus = max(os.cpu_count() or 1, actors or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+    # "local": a new embedded Ray even when another one runs on this machine (ray.init would join it)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)

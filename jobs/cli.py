@@ -50,12 +50,16 @@ RUN_OPTIONS = (
     click.option("--no-resume", is_flag=True, help="Render every row again, even those already committed."),
     click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table."),
     click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory)."),
-    click.option("--compile", "compile_", is_flag=True, help="torch.compile the denoiser (slow first row per shape)."),
+    click.option("--compile", "compile_", is_flag=True,
+                 help="torch.compile the denoiser's blocks; each actor compiles the model's default shape before "
+                      "its first row, other shapes on first use."),
+    click.option("--dtype", type=click.Choice(["float16", "bfloat16"]),
+                 help="Weights and activations on CUDA [default: float16]; the CPU always runs float32."),
     click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
                  help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
 )
 RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "device", "seed", "max_attempts", "no_resume",
-                    "ignore_extra", "cpu_offload", "compile_", "max_frames")
+                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype")
 
 
 def run_options(command):
@@ -78,7 +82,7 @@ def _out_location(ctx, param, value: str) -> str:
                                 "default: start an embedded local Ray.")
 @run_options
 def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_attempts, no_resume, ignore_extra,
-        cpu_offload, compile_, max_frames):
+        cpu_offload, compile_, max_frames, dtype):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -101,7 +105,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames)
+                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype)
     try:  # before Ray starts
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:

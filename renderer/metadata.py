@@ -15,7 +15,8 @@ FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
     "params": "string", "fingerprint": "string",
-    "recoveries": "list<string>",  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
+    "recoveries": "list<string>",
+    "finished_at": "float64",  # when the row's record was made, in seconds since the Unix epoch  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
     # long rows (null for a row rendered in one call)
     "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
     "seams": "list<float64>", "drift": "list<float64>",
@@ -31,7 +32,7 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
         "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
-        "recoveries": info.get("recoveries") or None,
+        "recoveries": info.get("recoveries") or None, "finished_at": time.time(),
         "chunk_mode": request.chunk_mode,
         "chunk_plan": json.dumps([[c.start, c.end] for c in request.plan]) if chunked else None,
         "chunk_actors": info.get("chunk_actors"), "seams": info.get("seams"), "drift": info.get("drift"),

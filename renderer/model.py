@@ -10,6 +10,7 @@ import numpy as np
 from . import faults
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput
+from .families.step_cache import StepCache, compile_blocks
 from .inputs import load_image, load_video
 from .models import ModelSpec, read_model_config, resolve_model
 from .request import RenderRequest, to_request
@@ -86,6 +87,26 @@ class Model:
                 return np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, req, blended)])
             blended = self._guarded(request, decoded)
         return blended, seam_metrics(blended, request.plan)
+
+    def warm_up(self) -> None:
+        """Render a synthetic two-step row of the model's default shape, so that a compiled denoiser is compiled
+        for that shape before the first real row (families that need a source video are left to their first row)."""
+        import io
+
+        from PIL import Image
+
+        family = self.spec.family
+        if "video" in family.required:
+            return
+        row = {"id": "warm-up", "num_inference_steps": 2, "prompt": "warm-up" if "prompt" in family.required else None}
+        if "image" in family.required:
+            png = io.BytesIO()
+            Image.new("RGB", (self.spec.defaults.width, self.spec.defaults.height), (128, 110, 90)).save(png, "PNG")
+            row["image"] = png.getvalue()
+        try:
+            self.render_whole(to_request(row, default_model=self.spec.name))
+        except BadOutput:  # random weights may render black: the compiling is what counted
+            pass
 
     def _guarded(self, request: RenderRequest, produce: Callable[[RenderRequest], np.ndarray]) -> np.ndarray:
         """`produce(request)` with the two recoveries a GPU render may need, each noted in `self.recoveries`:
@@ -184,16 +205,18 @@ def absent_components(location: str) -> dict:
             if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}
 
 
-def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False) -> Model:
+def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False,
+         dtype: str | None = None) -> Model:
     """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
 
     `cpu_offload` keeps each sub-model on the CPU until it runs (CUDA only: less GPU memory, slower);
-    `compile` compiles the denoiser with torch.compile (slow first call per shape, faster after).
+    `compile` compiles the denoiser's blocks with torch.compile (slow first call per shape, faster after);
+    `dtype` ("float16" or "bfloat16") overrides the CUDA dtype.
     """
     import torch
 
     spec = resolve_model(model)
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, dtype or "float16") if device.startswith("cuda") else torch.float32
     build_on = "cpu" if cpu_offload else device
     if spec.source == "checkpoint":
         import diffusers
@@ -207,5 +230,7 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
     if cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
     if compile:
-        pipeline.unet.compile()
+        compile_blocks(pipeline.unet)
+    if spec.family.step_cache:  # after compiling: the cache decides in Python whether compiled blocks run
+        pipeline.unet.step_cache = StepCache(pipeline.unet)
     return Model(spec, pipeline, device, offloaded=cpu_offload)

@@ -36,6 +36,8 @@ class RenderActor:
         if device == "cpu":  # never more threads than this node's cores: oversubscribed torch threads spin
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         self.model = load(model, device, **load_options)
+        if load_options.get("compile"):
+            self.model.warm_up()
         self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 

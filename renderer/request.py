@@ -80,6 +80,9 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     if num_frames > max_frames:
         raise RowRejected("num_frames", num_frames, f"exceeds the cap of {max_frames} frames per row (--max-frames)")
     chunk_mode, plan = _chunking(num_frames, spec, params)
+    if "step_cache" in params and params.get("free_init") is not None:
+        raise RowRejected("params.step_cache", params["step_cache"], "cannot be combined with free_init: every FreeInit "
+                          "pass starts from new noise, so features of the last pass must not be reused")
     request = RenderRequest(
         id=row_id,
         model=spec.name,

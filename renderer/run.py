@@ -38,6 +38,7 @@ class RunConfig:
     cpu_offload: bool = False  # per run: sub-models wait on the CPU until they run (CUDA only)
     compile: bool = False  # per run: torch.compile the denoiser of every actor
     max_frames: int = MAX_FRAMES  # a row asking for more is rejected
+    dtype: str | None = None  # CUDA only: "float16" (default) or "bfloat16"
 
     def __post_init__(self):
         object.__setattr__(self, "out", os.fspath(self.out))
@@ -51,6 +52,8 @@ class RunConfig:
             raise ValueError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts={self.max_attempts}: must be >= 1")
+        if self.dtype not in (None, "float16", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: must be float16 or bfloat16")
         if self.max_frames < 1:
             raise ValueError(f"max_frames={self.max_frames}: must be >= 1")
 
@@ -147,7 +150,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
             pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                             dict(cpu_offload=config.cpu_offload, compile=config.compile))
+                             dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype))
         except ModelLoadError as exc:
             for request in group:
                 progress.event("start")  # each row starts and fails at once
@@ -171,6 +174,8 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
         raise ConfigError("--device cuda, but the Ray cluster has no GPU")
     if config.cpu_offload and device != "cuda":
         raise ConfigError("--cpu-offload needs CUDA: on the CPU every model already lives in host memory")
+    if config.dtype and device != "cuda":
+        raise ConfigError(f"--dtype {config.dtype} needs CUDA: the CPU always runs float32")
     default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
     actors = config.actors or default
     threads = max(1, int(resources.get("CPU", os.cpu_count() or 1)) // actors)

@@ -22,7 +22,7 @@ def ray_session():
     import ray
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

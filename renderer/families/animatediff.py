@@ -53,7 +53,7 @@ FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context window
                    })
 
 ANIMATEDIFF = AnimateDiff(
-    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, latent_frame_axis=1,
+    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, latent_frame_axis=1, step_cache=True,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
     params={

@@ -94,6 +94,10 @@ MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the
 }
 
 
+STEP_CACHE = Param(int, "DeepCache: the UNet's deep blocks run on 1 step of every N and are reused in between "
+                   "(faster; frames close to, not equal to, the uncached ones)", minimum=2, maximum=10)
+
+
 def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
     """Renderer options of long rows (more frames than the window), for every family."""
     return {
@@ -131,6 +135,7 @@ class Family(ABC):
     compatible_classes: tuple[str, ...] = ()
     memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking", "vae_float32")
     decode_chunk_default: int | None = None  # the pipeline's default decode_chunk_size; None: all frames at once
+    step_cache: bool = False  # rows may ask for the denoiser's step cache (see step_cache.py)
     chunk_modes: tuple[str, ...] = (ANCHORED,)  # how a long row's chunks are tied together; the first is the default
     # frame axis of one video's latents (output_type="latent", batch removed); None: the chunks are stitched
     # as frames, not as latents decoded after stitching
@@ -146,6 +151,8 @@ class Family(ABC):
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
         allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
+        if self.step_cache:
+            allowed["step_cache"] = STEP_CACHE
         allowed.update(chunk_params(self.chunk_modes))
         return allowed
 
@@ -277,6 +284,8 @@ class Family(ABC):
             set_forward_chunking(unet, params.get("forward_chunking"))
         if "vae_float32" in self.memory_options:
             set_vae_float32(vae, unet.dtype, bool(params.get("vae_float32")))
+        if self.step_cache:
+            unet.step_cache.reset(params.get("step_cache"))
 
 
 # a loaded pipeline -> (the text of the row it last encoded, its prompt embeddings)

@@ -73,7 +73,7 @@ I2VGEN_XL = I2VGenXL(
         "decode_chunk_size": Param(int, "frames the VAE decodes at once (the pipeline's default is 1)", minimum=1),
     },
     column_aliases={"target_fps": "fps"}, decode_chunk_default=1,
-    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1,
+    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1, step_cache=True,
     # PNDM is left out: it cannot rescale the betas to the zero terminal SNR the model was trained with
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++"),
     checkpoints=("ali-vilab/i2vgen-xl",),
@@ -137,7 +137,7 @@ PIA_FAMILY = PIA(
     },
     options={"free_init": FREE_INIT},
     schedulers=("ddim", "euler"),
-    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1,
+    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1, step_cache=True,
     checkpoints=("openmmlab/PIA-condition-adapter on an SD1.5 checkpoint (saved as one PIAPipeline folder)",),
 )
 

@@ -189,7 +189,7 @@ SCHEDULERS = ("ddim", "dpm++", "euler", "euler_ancestral", "pndm")
 def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoints: tuple) -> TextToVideoSD:
     tiny = Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=8,
                     guidance_scale=defaults.guidance_scale)
-    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), latent_frame_axis=1,
+    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), latent_frame_axis=1, step_cache=True,
                          required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, params=PARAMS,
                          options=options,
                          schedulers=SCHEDULERS, checkpoints=checkpoints)
