@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -145,6 +146,7 @@ def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path)
     table = folder / f"{workload}.{mode}.parquet"
     pq.write_table(pa.Table.from_pylist(table_rows), table)
     out = folder / f"{workload}.{mode}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: rows resumed from an earlier one would skew the timings
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never join another Ray
     try:
         summary = run(RunConfig((str(table),), out, model=f"{args.preset}-{WORKLOADS[workload][0]}", **options))

@@ -327,7 +327,9 @@ def set_vae_float32(vae, dtype, on: bool) -> None:
     in, since the pipelines hand it latents in the denoiser's dtype."""
     import torch
 
-    vae.to(torch.float32 if on else dtype)
+    target = torch.float32 if on else dtype
+    if vae.dtype != target:  # moving is not free, and diffusers warns on every move
+        vae.to(target)
     hooks = vae.__dict__.setdefault("_render_float32_hooks", [])
     if on and not hooks:
         for part in (vae.decoder, getattr(vae, "post_quant_conv", None)):
