@@ -148,8 +148,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     for model, group in by_model.items():  # one model at a time gets every actor slot
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                             dict(cpu_offload=config.cpu_offload, compile=config.compile, allow_pickle=config.allow_pickle))
+            load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, allow_pickle=config.allow_pickle)
+            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options)
         except ModelLoadError as exc:
             for request in group:
                 progress.event("start")  # each row starts and fails at once
