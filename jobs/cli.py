@@ -57,9 +57,11 @@ RUN_OPTIONS = (
                  help="Weights and activations on CUDA [default: float16]; the CPU always runs float32."),
     click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
                  help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
+    click.option("--allow-pickle", is_flag=True, help="Let checkpoints without safetensors load pickle weights "
+                                                      "(.bin). Unpickling can run code: only for checkpoints you trust."),
 )
 RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "device", "seed", "max_attempts", "no_resume",
-                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype")
+                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle")
 
 
 def run_options(command):
@@ -82,7 +84,7 @@ def _out_location(ctx, param, value: str) -> str:
                                 "default: start an embedded local Ray.")
 @run_options
 def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_attempts, no_resume, ignore_extra,
-        cpu_offload, compile_, max_frames, dtype):
+        cpu_offload, compile_, max_frames, dtype, allow_pickle):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -105,7 +107,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype)
+                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle)
     try:  # before Ray starts
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:

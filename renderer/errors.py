@@ -9,6 +9,10 @@ class ConfigError(Exception):
     """Run options that cannot work on this cluster: nothing is rendered and the CLI exits 2."""
 
 
+class UnsafeCheckpoint(Exception):
+    """A checkpoint whose weights would be unpickled (pickle can run code) while that is not allowed."""
+
+
 class RowRejected(Exception):
     """A row whose input breaks a rule: recorded as `rejected`, never retried.
 

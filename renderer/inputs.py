@@ -5,23 +5,26 @@ an image's encoded bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
+import warnings
 from pathlib import Path
 
 from . import storage
 from .errors import RowRejected
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|/)")
+# a conditioning image is resized to the row's size (about 1024 px a side at most): 64 megapixels is generous,
+# and a file claiming more is refused before PIL allocates it
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 def input_ref(column: str, value, table_dir: str | Path, allow_bytes: bool) -> str | bytes:
     """Turn an `image`/`video` cell into an absolute path or object URI beside the table (or raw bytes);
     reject URLs and URIs in the cell before anything is reached."""
     if allow_bytes and isinstance(value, (bytes, bytearray)):
-        if not value:
-            raise RowRejected(column, value, "empty bytes")
         return bytes(value)
     if not isinstance(value, str):
         kinds = "a path string or PNG/JPEG bytes" if allow_bytes else "a path string"
@@ -39,23 +42,19 @@ def input_ref(column: str, value, table_dir: str | Path, allow_bytes: bool) -> s
 
 
 def check_image(ref: str | bytes) -> None:
-    """A cheap integrity check for the driver (header and structure, no full decode)."""
-    try:
-        with _open_image(ref) as img:
-            img.verify()
-    except Exception as exc:  # PIL raises many types for bad files
-        raise RowRejected("image", ref, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    """A cheap integrity check for the driver: the header, the pixel count and the structure (PNG chunk
+    checksums), no full decode. A JPEG cut short passes here and is rejected when the actor decodes it."""
+    with _opened_image(ref) as img:
+        img.verify()
 
 
 def load_image(ref: str | bytes):
-    """Decode to RGB with the EXIF orientation applied."""
+    """Decode to 8-bit RGB as a viewer shows the image: the EXIF orientation applied, 16-bit greyscale scaled
+    to 8 bits (PIL's own conversion clips it), transparency flattened onto white, CMYK and palettes converted."""
     from PIL import ImageOps
 
-    try:
-        with _open_image(ref) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except Exception as exc:
-        raise RowRejected("image", ref, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    with _opened_image(ref) as img:
+        return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def check_video(path: str) -> None:
@@ -103,8 +102,58 @@ def input_identity(ref: str | bytes) -> str:
     return f"file:{ref}:{size}:{mtime_ns}"
 
 
-def _open_image(ref: str | bytes):
+@contextlib.contextmanager
+def _opened_image(ref: str | bytes):
+    """The image at `ref`, opened (header only) and within MAX_IMAGE_PIXELS; any failure to read it, here or
+    in the block, is a RowRejected naming the value."""
     from PIL import Image
 
-    # read whole (PIL decodes or verifies all of it anyway): one request to an object store, not many ranges
-    return Image.open(io.BytesIO(ref if isinstance(ref, bytes) else storage.read_bytes(ref)))
+    try:
+        # read whole (PIL decodes or verifies all of it anyway): one request to an object store, not many ranges
+        data = ref if isinstance(ref, bytes) else storage.read_bytes(ref)
+        if not data:
+            raise RowRejected("image", ref, "not a readable image (empty)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit checked below is lower
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # far past PIL's own limit: it refuses before telling the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(ref, found.group(1) if found else "too many") from None
+    except RowRejected:
+        raise
+    except Exception as exc:
+        raise _unreadable(ref, exc) from None
+    with img:
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise _too_large(ref, f"{img.width}x{img.height} = {img.width * img.height}")
+        try:
+            yield img
+        except Exception as exc:
+            raise _unreadable(ref, exc) from None
+
+
+def _too_large(ref: str | bytes, pixels: str) -> RowRejected:
+    return RowRejected("image", ref, f"{pixels} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels (8192x8192); "
+                       "refused before decoding (a possible decompression bomb)")
+
+
+def _unreadable(ref: str | bytes, exc: Exception) -> RowRejected:
+    from PIL import UnidentifiedImageError
+
+    # PIL's own message for an unknown format names a BytesIO object, not the input
+    detail = "no image format recognised" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+    return RowRejected("image", ref, f"not a readable image ({detail})")
+
+
+def _to_rgb(img):
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit greyscale (PNG): 0..65535 onto 0..255
+        import numpy as np
+
+        wide = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")

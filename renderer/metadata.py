@@ -12,11 +12,13 @@ from .request import RenderRequest
 
 FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
     "id": "string", "status": "string", "error": "string", "video_path": "string", "model": "string",
+    "prompt": "string",  # as the table gave it, byte for byte
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
     "params": "string", "fingerprint": "string",
-    "recoveries": "list<string>",
-    "finished_at": "float64",  # when the row's record was made, in seconds since the Unix epoch  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
+    "recoveries": "list<string>",  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
+    "prompt_truncated": "bool_",  # the text encoder saw only the prompt's first tokens (CLIP: 77)
+    "finished_at": "float64",  # when the row's record was made, in seconds since the Unix epoch
     # long rows (null for a row rendered in one call)
     "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
     "seams": "list<float64>", "drift": "list<float64>",
@@ -28,11 +30,12 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
     return {
         "id": request.id, "status": status, "error": error,
         "video_path": request.video_path if status == "ok" else None,
-        "model": request.model, "family": request.family, "seed": request.seed,
+        "model": request.model, "prompt": request.prompt, "family": request.family, "seed": request.seed,
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
         "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
-        "recoveries": info.get("recoveries") or None, "finished_at": time.time(),
+        "recoveries": info.get("recoveries") or None, "prompt_truncated": info.get("prompt_truncated"),
+        "finished_at": time.time(),
         "chunk_mode": request.chunk_mode,
         "chunk_plan": json.dumps([[c.start, c.end] for c in request.plan]) if chunked else None,
         "chunk_actors": info.get("chunk_actors"), "seams": info.get("seams"), "drift": info.get("drift"),
@@ -48,9 +51,9 @@ def _arrow_type(kind: str):
 
 
 def rejected_record(row: dict, error: str) -> dict:
-    model = row.get("model")
+    model, prompt = row.get("model"), row.get("prompt")
     return {"id": row["id"], "status": "rejected", "error": error, "attempts": 0,
-            "model": model if isinstance(model, str) else None}
+            "model": model if isinstance(model, str) else None, "prompt": prompt if isinstance(prompt, str) else None}
 
 
 class MetadataStore:

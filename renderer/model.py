@@ -9,7 +9,7 @@ import numpy as np
 
 from . import faults
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
-from .errors import BadOutput
+from .errors import BadOutput, UnsafeCheckpoint
 from .families.step_cache import StepCache, compile_blocks
 from .inputs import load_image, load_video
 from .models import ModelSpec, read_model_config, resolve_model
@@ -27,6 +27,14 @@ class Model:
     def __post_init__(self):
         self.pipeline.set_progress_bar_config(disable=True)
         self._base_scheduler = self.pipeline.scheduler
+
+    def prompt_truncated(self, request: RenderRequest) -> bool | None:
+        """Whether the text encoder sees only the start of the row's prompt (CLIP reads 77 tokens, and the
+        pipeline drops the rest with no more than a log line); None for a row without a prompt."""
+        tokenizer = getattr(self.pipeline, "tokenizer", None)
+        if request.prompt is None or tokenizer is None:
+            return None
+        return len(tokenizer(request.prompt).input_ids) > tokenizer.model_max_length
 
     def render(self, row: dict | RenderRequest) -> np.ndarray:
         """Frames of one row as uint8 (frames, height, width, 3).
@@ -205,13 +213,33 @@ def absent_components(location: str) -> dict:
             if not name.startswith("_") and isinstance(value, list) and value[:1] == [None]}
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle_weights(location: str) -> None:
+    """Raise UnsafeCheckpoint when a folder of the checkpoint holds pickle weights and no safetensors: loading
+    them unpickles, which can run code. A hub id needs no look: from_pretrained(use_safetensors=True) fetches
+    safetensors only and fails without them."""
+    folder = Path(location).expanduser()
+    if not folder.is_dir():
+        return
+    pickled = {path.parent for path in folder.rglob("*") if path.suffix in PICKLE_SUFFIXES}
+    only = sorted(str(part.relative_to(folder)) for part in pickled if not any(part.glob("*.safetensors")))
+    if only:
+        raise UnsafeCheckpoint(f"{location}: safetensors only, and {', '.join(only)} hold(s) only pickle weights "
+                               "(.bin/.pt), which can run code when loaded. Convert them to safetensors, or pass "
+                               "--allow-pickle (allow_pickle=True) if you trust this checkpoint")
+
+
 def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False,
-         dtype: str | None = None) -> Model:
+         dtype: str | None = None, allow_pickle: bool = False) -> Model:
     """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
 
     `cpu_offload` keeps each sub-model on the CPU until it runs (CUDA only: less GPU memory, slower);
     `compile` compiles the denoiser's blocks with torch.compile (slow first call per shape, faster after);
-    `dtype` ("float16" or "bfloat16") overrides the CUDA dtype.
+    `dtype` ("float16" or "bfloat16") overrides the CUDA dtype;
+    `allow_pickle` lets a checkpoint load pickle weights (.bin) where it has no safetensors: only for a
+    checkpoint you trust, since unpickling can run code.
     """
     import torch
 
@@ -221,8 +249,10 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
     if spec.source == "checkpoint":
         import diffusers
 
+        if not allow_pickle:
+            refuse_pickle_weights(spec.location)
         cls = getattr(diffusers, spec.family.pipeline_class)
-        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=True,
+        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
                                        **absent_components(spec.location)).to(build_on)
     else:
         pipeline = spec.family.build(spec.source, build_on, dtype)

@@ -16,6 +16,9 @@ from .families import FAMILIES, Defaults, Family
 
 PRESET_SIZES = ("tiny", "random")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# where a checkpoint's components may come from: anything else in model_index.json names a module diffusers
+# would import (a .py file in the folder, or any installed package), i.e. code the checkpoint brings along
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSp
     except Exception as exc:
         raise RowRejected("model", name, f"no readable model_index.json in the folder or hub repo "
                           f"({type(exc).__name__}: {exc})"[:300]) from None
+    _refuse_custom_code(name, index)
     class_name = index.get("_class_name")
     if family is None:
         family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
@@ -69,6 +73,21 @@ def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSp
     window = family.window_from_checkpoint(read_config)
     defaults = Defaults(**{**family.defaults.__dict__, "num_frames": window})
     return ModelSpec(name, family, "checkpoint", window, defaults, location=location)
+
+
+def _refuse_custom_code(name: str, index: dict) -> None:
+    """A checkpoint is data: a custom pipeline class or a component from outside diffusers and transformers
+    would run the checkpoint's own code (diffusers imports it by name), so it is refused before any import."""
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str):
+        raise RowRejected("model", name, f"model_index.json names a custom pipeline ({class_name!r}): code from a "
+                          "checkpoint is never run; only diffusers' own pipeline classes load")
+    for component, value in index.items():
+        library = value[0] if isinstance(value, list) and value else None
+        if not component.startswith("_") and library is not None and library not in COMPONENT_LIBRARIES:
+            raise RowRejected("model", name, f"model_index.json: component {component!r} comes from {library!r} "
+                              f"({value!r}): code from a checkpoint is never run; components load only from "
+                              f"{' and '.join(COMPONENT_LIBRARIES)}")
 
 
 def read_model_config(location: str, subfolder: str) -> dict:

@@ -20,17 +20,31 @@ from .errors import ConfigError
 VIDEOS_DIR = "videos"
 METADATA_FILE = "metadata.parquet"
 LOCK_FILE = ".render.lock"
+# device names Windows reserves whatever follows them after a dot (CON, con.txt): never a file name's start
+WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
 
 
 def slug(row_id: str) -> str:
-    """The id reduced to [A-Za-z0-9._-], at most 60 characters, never hidden or empty."""
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", row_id)[:60].lstrip(".")
-    return text or "row"
+    """The id reduced to [A-Za-z0-9._-], at most 60 characters, never hidden, empty or a Windows device name."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", row_id)[:60].lstrip(".") or "row"
+    return ("_" + text)[:60] if WINDOWS_RESERVED.match(text) else text
 
 
 def video_relpath(row_id: str) -> str:
     digest = hashlib.sha256(row_id.encode("utf-8")).hexdigest()[:8]
     return f"{VIDEOS_DIR}/{slug(row_id)}-{digest}.mp4"
+
+
+def refuse_linked_videos_dir(out_dir) -> None:
+    """Videos land only inside `out_dir`: a symbolic link planted at DIR/videos would send them (and the clean-up
+    of temporary files) wherever it points, so the run refuses it. Links at file paths need no check: files are
+    renamed into place, which replaces a link instead of writing through it."""
+    if storage.is_uri(out_dir):
+        return
+    videos = Path(out_dir) / VIDEOS_DIR
+    if videos.is_symlink():
+        raise ConfigError(f"{videos} is a symbolic link (to {os.readlink(videos)}); videos are written only inside "
+                          f"{out_dir}: remove the link")
 
 
 def clean_temp_files(out_dir) -> int:

@@ -49,21 +49,21 @@ class RenderActor:
         """A whole row: its frames and what the record says of the render."""
         start = time.perf_counter()
         frames = self._survive(self.model.render_whole, request)
-        return frames, self._info(start)
+        return frames, self._info(start, request)
 
     @ray.method(num_returns=2)
     def render_chunk(self, request, index: int, previous, first):
         """One chunk of a long row: its frames or latents (kept in the object store for the stitch) and info."""
         start = time.perf_counter()
         output = self._survive(self.model.render_chunk, request, index, previous, first)
-        return output, self._info(start)
+        return output, self._info(start, request)
 
     @ray.method(num_returns=2)
     def stitch(self, request, *parts):
         """A long row's chunks blended (and decoded, for latents) into its frames; info with the seam metrics."""
         start = time.perf_counter()
         frames, metrics = self._survive(self.model.stitch, request, list(parts))
-        return frames, {**self._info(start), **metrics}
+        return frames, {**self._info(start, request), **metrics}
 
     def _survive(self, render, *args):
         """Run a render; after a CUDA error that poisons the context (illegal access, ECC, launch failure) this
@@ -76,9 +76,9 @@ class RenderActor:
                 os._exit(70)
             raise
 
-    def _info(self, start: float) -> dict:
+    def _info(self, start: float, request) -> dict:
         return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name,
-                "recoveries": list(self.model.recoveries)}
+                "recoveries": list(self.model.recoveries), "prompt_truncated": self.model.prompt_truncated(request)}
 
 
 @ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot

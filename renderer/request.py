@@ -184,8 +184,9 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     if "prompt" not in family.inputs:
         raise RowRejected(column, value, f"family {family.name!r} takes no text (it is conditioned on the "
                           f"{' and '.join(family.inputs)})")
-    if column == "prompt" and not value.strip():
-        raise RowRejected(column, value, "must not be empty")
+    if column == "prompt" and not value.strip():  # a text-conditioned row without text is a broken export
+        raise RowRejected(column, value, f"must not be empty or whitespace only (family {family.name!r} is "
+                          "conditioned on it)")
     if "\x00" in value:
         raise RowRejected(column, value, "must not contain NUL characters")
     return value

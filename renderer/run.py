@@ -14,7 +14,7 @@ from typing import Callable
 from . import storage
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
-from .paths import clean_temp_files, output_lock
+from .paths import clean_temp_files, output_lock, refuse_linked_videos_dir
 from .progress import Progress
 from .request import MAX_FRAMES, RenderRequest, to_request
 from .scheduler import OK, Outcome, Scheduler
@@ -39,6 +39,7 @@ class RunConfig:
     compile: bool = False  # per run: torch.compile the denoiser of every actor
     max_frames: int = MAX_FRAMES  # a row asking for more is rejected
     dtype: str | None = None  # CUDA only: "float16" (default) or "bfloat16"
+    allow_pickle: bool = False  # checkpoints may load pickle weights (.bin) where they have no safetensors
 
     def __post_init__(self):
         object.__setattr__(self, "out", os.fspath(self.out))
@@ -96,6 +97,7 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
     with output_lock(config.out):  # before cleaning: temporary files may be another live run's
+        refuse_linked_videos_dir(config.out)  # before cleaning too: never delete through a planted link
         clean_temp_files(config.out)
         return _run_locked(config, plan, connect)
 
@@ -149,8 +151,9 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     for model, group in by_model.items():  # one model at a time gets every actor slot
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                             dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype))
+            load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype,
+                                allow_pickle=config.allow_pickle)
+            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options)
         except ModelLoadError as exc:
             for request in group:
                 progress.event("start")  # each row starts and fails at once

@@ -39,7 +39,7 @@ BAD_ROWS = [  # (row, column named in the error, words of the rule)
     ({"model": "tiny-svd", "image": "http://example.com/cat.png"}, "image", "URLs/URIs are not fetched"),
     ({"model": "tiny-svd", "image": "s3://bucket/cat.png"}, "image", "URLs/URIs are not fetched"),
     ({"model": "tiny-svd", "image": "file:///etc/passwd"}, "image", "URLs/URIs are not fetched"),
-    ({"model": "tiny-svd", "image": b""}, "image", "empty bytes"),
+    ({"model": "tiny-svd", "image": b""}, "image", "not a readable image (empty)"),
     ({"model": "tiny-svd", "image": b"\x89PNG broken"}, "image", "not a readable image"),
     ({"model": "tiny-svd", "image": "cond.png", "prompt": "x"}, "prompt", "takes no text"),
     ({"model": "tiny-animatediff", "prompt": "x", "image": "cond.png"}, "image", "takes no image"),
