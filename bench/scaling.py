@@ -16,7 +16,8 @@ Rows are 2 frames of 16x16, `--rows-per-actor` per actor. Each actor count gets 
 load before the clock starts, which runs from the first render's start to the run's return (the last record
 written). Ideal throughput is actors / step; efficiency = throughput(N) / (N x throughput(1)), so N=1 is 1.0
 by definition and its own overhead is shown as `vs_ideal`. Also recorded: the driver's CPU seconds in that
-window (its own process, all threads), the whole machine's CPU use, how busy the actors were, their memory.
+window (its own process, all threads), the whole machine's CPU use, how busy the actors were and where their
+idle time went (ramp-up, gaps between renders, tail: see lost_time), their memory.
 Prints a table and writes JSON. On a small machine every process of every simulated node shares its cores:
 read `machine_cpu` before blaming the driver.
 """
@@ -153,9 +154,21 @@ def measure(actors: int, args, scratch: Path) -> dict:
             "actors_used": len({r["actor"] for r in renders}), "wall_s": wall,
             "throughput_rows_s": rows / wall, "ideal_rows_s": actors / args.step_seconds,
             "vs_ideal": rows / wall / (actors / args.step_seconds),
-            "actor_busy": sum(r["end"] - r["start"] for r in renders) / (actors * wall),
+            "actor_busy": sum(r["end"] - r["start"] for r in renders) / (actors * wall), **lost_time(renders, ended),
             "driver_cpu_s": driver_cpu, "driver_cpu_ms_per_row": 1000 * driver_cpu / rows, "machine_cpu": machine_cpu,
             "actor_rss_mb": max(r["rss_mb"] for r in renders), "torch_in_actors": any(r["torch"] for r in renders)}
+
+
+def lost_time(renders: list[dict], ended: float) -> dict:
+    """Where the wall time beyond the renders went: `ramp_s` until the last actor began its first render (the
+    first tasks' submission), `gap_ms` idle between two renders of one actor on average (the steady state),
+    `tail_s` from the last render's end to the run's return (its encode, the last record, the metadata)."""
+    by_actor: dict[str, list[dict]] = {}
+    for render in sorted(renders, key=lambda r: r["start"]):
+        by_actor.setdefault(render["actor"], []).append(render)
+    gaps = [b["start"] - a["end"] for runs in by_actor.values() for a, b in zip(runs, runs[1:])]
+    return {"ramp_s": max(runs[0]["start"] for runs in by_actor.values()) - min(r["start"] for r in renders),
+            "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1), "tail_s": ended - max(r["end"] for r in renders)}
 
 
 def warm_up(args, scratch: Path) -> None:
@@ -206,11 +219,12 @@ def print_table(report: dict) -> None:
           f"{report['rows_per_actor']} rows per actor, {report['nodes']} nodes, {report['cpu_cores']} CPU cores, "
           f"load average before {report['load_average_before'][0]:.1f}")
     print(f"{'actors':>6} {'rows':>5} {'ok':>5} {'wall s':>7} {'rows/s':>7} {'ideal':>6} {'effic.':>6} "
-          f"{'vs ideal':>8} {'busy':>5} {'driver cpu s':>12} {'ms/row':>6} {'machine cpu':>11} {'actor MB':>8}")
+          f"{'vs ideal':>8} {'busy':>5} {'ramp s':>6} {'gap ms':>6} {'tail s':>6} {'driver cpu s':>12} {'ms/row':>6} "
+          f"{'machine cpu':>11} {'actor MB':>8}")
     for r in report["results"]:
         print(f"{r['actors']:>6} {r['rows']:>5} {r['ok']:>5} {r['wall_s']:>7.2f} {r['throughput_rows_s']:>7.2f} "
               f"{r['ideal_rows_s']:>6.1f} {r['efficiency']:>6.3f} {r['vs_ideal']:>8.3f} {r['actor_busy']:>5.2f} "
-              f"{r['driver_cpu_s']:>12.2f} {r['driver_cpu_ms_per_row']:>6.1f} {r['machine_cpu']:>10.0%} "
+              f"{r['ramp_s']:>6.2f} {r['gap_ms']:>6.0f} {r['tail_s']:>6.2f} {r['driver_cpu_s']:>12.2f} {r['driver_cpu_ms_per_row']:>6.1f} {r['machine_cpu']:>10.0%} "
               f"{r['actor_rss_mb']:>8.0f}")
 
 
