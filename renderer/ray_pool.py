@@ -106,15 +106,17 @@ class Slot:
 
 
 class ActorPool:
-    """An Executor (see scheduler.py) over `actors` RenderActors of one model."""
+    """An Executor (see scheduler.py) over `actors` actors of one model: RenderActors, or any actor class with
+    their constructor and methods (bench/scaling.py swaps in a fixed-time stand-in to measure the orchestration)."""
 
     def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
-                 load_options: dict):
+                 load_options: dict, actor_class=RenderActor):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0,
                        **faults.runtime_env())
         if device.startswith("cuda"):
             options["num_gpus"] = gpus_per_actor
-        self.slots = [Slot(RenderActor.options(**options).remote(model, device, threads, load_options)) for _ in range(actors)]
+        self.slots = [Slot(actor_class.options(**options).remote(model, device, threads, load_options))
+                      for _ in range(actors)]
         self.out_dir = out_dir
         self.tickets: dict[ray.ObjectRef, tuple[Slot, int]] = {}
         self.outputs: dict[ray.ObjectRef, ray.ObjectRef] = {}  # a chunk's ticket -> its output

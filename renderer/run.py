@@ -91,18 +91,20 @@ def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = Fal
     return plan
 
 
-def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None) -> RunSummary:
+def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None,
+        actor_class=None) -> RunSummary:
     """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
-    so a run with nothing left to render never starts it."""
+    so a run with nothing left to render never starts it. `actor_class` replaces ray_pool.RenderActor (a
+    stand-in with its interface, for benchmarks of the orchestration alone)."""
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
     with output_lock(config.out):  # before cleaning: temporary files may be another live run's
         refuse_linked_videos_dir(config.out)  # before cleaning too: never delete through a planted link
         clean_temp_files(config.out)
-        return _run_locked(config, plan, connect)
+        return _run_locked(config, plan, connect, actor_class)
 
 
-def _run_locked(config: RunConfig, plan: Plan, connect) -> RunSummary:
+def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSummary:
     store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
     for record in plan.rejected:
@@ -116,7 +118,7 @@ def _run_locked(config: RunConfig, plan: Plan, connect) -> RunSummary:
         else:
             todo.append(request)
     try:
-        _render(todo, config, store, connect)
+        _render(todo, config, store, connect, actor_class)
     finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
         store.flush(order=plan.ids)
     for row_id in plan.ids:
@@ -127,10 +129,10 @@ def _run_locked(config: RunConfig, plan: Plan, connect) -> RunSummary:
     return summary
 
 
-def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect) -> None:
+def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect, actor_class) -> None:
     import ray
 
-    from .ray_pool import ActorPool, ModelLoadError
+    from .ray_pool import ActorPool, ModelLoadError, RenderActor
 
     if not requests:
         return
@@ -153,7 +155,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
             load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype,
                                 allow_pickle=config.allow_pickle)
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options)
+            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options,
+                             actor_class or RenderActor)
         except ModelLoadError as exc:
             for request in group:
                 progress.event("start")  # each row starts and fails at once

@@ -164,13 +164,18 @@ def test_a_killed_actor_row_is_retried_on_a_fresh_actor(ray_session, tmp_path):
 
 
 def kill_actor_mid_row(timeout: float) -> int | None:
-    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method)."""
+    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method); only
+    among this test process's descendants (its local Ray), never another Ray's on the same machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if "ray::RenderActor.render" in " ".join(proc.info["cmdline"] or []):
-                os.kill(proc.info["pid"], signal.SIGKILL)
-                return proc.info["pid"]
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                busy = "ray::RenderActor.render" in " ".join(proc.cmdline())
+            except psutil.Error:  # ended since it was listed
+                continue
+            if busy:
+                os.kill(proc.pid, signal.SIGKILL)
+                return proc.pid
         time.sleep(0.05)
     return None
 
