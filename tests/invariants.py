@@ -22,7 +22,7 @@ def check_invariants(out: Path, input_ids, exit_code: int) -> dict[str, dict]:
         frames, fps = read_mp4(out / record["video_path"])
         assert frames.shape == (record["num_frames"], record["height"], record["width"], 3), row_id
         assert fps == record["fps"], row_id
-    videos = {p.relative_to(out).as_posix() for p in out.glob("videos/*.mp4")}
+    videos = {p.relative_to(out).as_posix() for p in out.glob("videos/*.mp4") if p.is_file()}
     assert videos == {r["video_path"] for r in ok.values()}, "a final path holds a video no ok record names"
     assert exit_code == (0 if len(ok) == len(records) else 1), (exit_code, {k: r["status"] for k, r in records.items()})
     assert not [p for p in out.rglob("*") if p.name.startswith(TEMP_MARK)], "a temporary file was left behind"
