@@ -226,12 +226,11 @@ class ActorPool:
     def _timed_out(self) -> list[tuple[ray.ObjectRef, Outcome]]:
         """Tasks executing for longer than row_timeout: failed `timeout`, their actors killed and replaced.
         The tasks queued behind such a task then report the actor's death and are requeued without charge."""
-        if self.row_timeout is None:
-            return []
         expired = []
         for slot in self.slots:
+            # every slot, every time: also lets go of the calls that returned
             head = self._executing(slot) if slot.restarting is None else None
-            if head is None or time.monotonic() - slot.since <= self.row_timeout:
+            if head is None or self.row_timeout is None or time.monotonic() - slot.since <= self.row_timeout:
                 continue
             if ray.wait([head.call], timeout=0)[0]:  # it died just now: settled as a crash once collected
                 continue

@@ -165,15 +165,23 @@ def test_a_killed_actor_row_is_retried_on_a_fresh_actor(ray_session, tmp_path):
 
 
 def kill_actor_mid_row(timeout: float) -> int | None:
-    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method)."""
+    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method) of this
+    test's own Ray: its workers descend from this process, another Ray's on the machine do not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if "ray::RenderActor.render" in " ".join(proc.info["cmdline"] or []):
-                os.kill(proc.info["pid"], signal.SIGKILL)
-                return proc.info["pid"]
+        for proc in psutil.Process().children(recursive=True):
+            if "ray::RenderActor.render" in " ".join(command_line(proc)):
+                os.kill(proc.pid, signal.SIGKILL)
+                return proc.pid
         time.sleep(0.05)
     return None
+
+
+def command_line(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return []
 
 
 def test_readme_command_renders_the_example_in_a_fresh_process(tmp_path):
