@@ -16,5 +16,5 @@ def connect(address: str | None, actors: int | None = None) -> None:
         return
     # every CPU actor reserves a CPU slot; never declare fewer slots than requested actors
     cpus = max(os.cpu_count() or 1, actors or 1)
-    # "local": a new embedded Ray even when another one runs on this machine (ray.init would join it)
+    # "local": a new Ray of its own, even where another Ray on this machine is recorded as the current one
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)

@@ -7,13 +7,14 @@ import sys
 import click
 
 from renderer import storage
-from renderer.errors import ConfigError, TableError
+from renderer.errors import ConfigError, TableError, WriteFailed
 from renderer.paths import METADATA_FILE
 from renderer.request import MAX_FRAMES
 
 EPILOG = """\b
-Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed);
-2 usage or table-level error (nothing rendered).
+Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed), or the run
+stopped after repeated write failures, or its metadata could not be written; 2 usage or table-level
+error (nothing rendered).
 """
 
 
@@ -59,9 +60,15 @@ RUN_OPTIONS = (
                  help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
     click.option("--allow-pickle", is_flag=True, help="Let checkpoints without safetensors load pickle weights "
                                                       "(.bin). Unpickling can run code: only for checkpoints you trust."),
+
+    click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                 help="Fail a task that executes longer than this (a row; for a long row, each chunk and the "
+                      "stitch separately) as `timeout`, without retry: a hung row would hang again. Its actor is "
+                      "killed and replaced, and the rows queued behind it go on. Set it well above your slowest "
+                      "row, model loading excluded [default: no limit]."),
 )
 RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "device", "seed", "max_attempts", "no_resume",
-                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle")
+                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle", "row_timeout")
 
 
 def run_options(command):
@@ -84,7 +91,7 @@ def _out_location(ctx, param, value: str) -> str:
                                 "default: start an embedded local Ray.")
 @run_options
 def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_attempts, no_resume, ignore_extra,
-        cpu_offload, compile_, max_frames, dtype, allow_pickle):
+        cpu_offload, compile_, max_frames, dtype, allow_pickle, row_timeout):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -107,7 +114,8 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
     from renderer.run import RunConfig, plan_rows, run as run_all
 
     config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle)
+                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle,
+                       row_timeout)
     try:  # before Ray starts
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
@@ -119,6 +127,11 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
         summary = run_all(config, plan, connect=lambda: connect(address, actors))
     except ConfigError as exc:
         _table_error(exc)
+    except WriteFailed as exc:  # the final metadata write: what this run rendered is not recorded
+        click.echo(f"error: the run's records could not be saved: {exc}. The previous {METADATA_FILE} is intact; "
+                   "run the same command again once the output is writable (rows not recorded render again).",
+                   err=True)
+        sys.exit(1)
     _print_summary(summary, out)
     sys.exit(summary.exit_code)
 
@@ -277,6 +290,9 @@ def _print_summary(summary, out: str) -> None:
     click.echo(f"done: {counts}{skipped} -> {storage.join(out, METADATA_FILE)}")
     for row_id, error in summary.errors:
         click.echo(f"  {row_id!r}: {error}")
+    if summary.stopped:
+        click.echo(f"stopped early: {summary.stopped}. Free space (or fix the output), then run the same command "
+                   "again: it renders the rows left.")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ class BadOutput(Exception):
     """The pipeline produced frames that must never be committed (NaN, all black)."""
 
 
+class WriteFailed(OSError):
+    """An output file could not be written (disk full, read-only or vanished mount, a folder in the way).
+
+    The message starts `write_failed:` and names the path and the reason. Several rows in a row failing so
+    stop the run (see scheduler.WriteBreaker): their cause is the storage, not the rows."""
+
+
 def _show(value) -> str:
     if isinstance(value, (bytes, bytearray)):
         return f"<{len(value)} bytes>"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import faults, storage
+from .errors import WriteFailed
 from .paths import METADATA_FILE
 from .request import RenderRequest
 
@@ -78,19 +79,24 @@ class MetadataStore:
     def add(self, record: dict) -> None:
         self.records[record["id"]] = record
         if time.monotonic() - self._last_flush >= self.flush_every:
-            self.flush()
+            try:
+                self.flush()
+            except WriteFailed as exc:  # the run goes on: the records are kept and written by a later flush
+                print(f"warning: {exc}; the previous {METADATA_FILE} stays until a later write succeeds",
+                      file=sys.stderr)
 
     def flush(self, order: list[str] | None = None) -> None:
+        """Replace the file atomically; on failure (WriteFailed) the previous one stays intact and readable."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         ids = order if order is not None else list(self.records)
         rows = [{name: self.records[i].get(name) for name in FIELDS} for i in ids if i in self.records]
         schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
+        self._last_flush = time.monotonic()  # a failing write is not retried at every record either
         with storage.writing(self.path) as temp:
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
             faults.at_write("metadata", METADATA_FILE, 1.0)
-        self._last_flush = time.monotonic()
 
     def _read_previous(self) -> dict[str, dict]:
         if storage.kind(self.path) is None:

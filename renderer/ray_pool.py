@@ -10,16 +10,18 @@ import os
 import socket
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import ray
 
 from . import faults, storage
-from .errors import BadOutput, RowRejected
+from .errors import BadOutput, RowRejected, WriteFailed
 from .scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
 
 ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
 TASKS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between tasks
+DEATH_SETTLE_S = 10.0  # after an actor died, how long its calls may take to report it
 
 
 @ray.remote
@@ -81,7 +83,9 @@ class RenderActor:
                 "recoveries": list(self.model.recoveries), "prompt_truncated": self.model.prompt_truncated(request)}
 
 
-@ray.remote(num_cpus=0)  # light next to a render; must never wait behind CPU actors for a slot
+# num_cpus=0: light next to a render, it must never wait behind CPU actors for a slot. max_retries=0: a
+# killed encode is an attempt the scheduler counts against --max-attempts, not a silent retry
+@ray.remote(num_cpus=0, max_retries=0)
 def encode(frames, info: dict, final_path: str, fps: int, row_id: str) -> dict:
     """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done)."""
     from .video import write_mp4
@@ -100,17 +104,32 @@ class Slot:
     """One actor and what the driver knows of it."""
 
     actor: object
-    queue: list = field(default_factory=list)  # its tickets, oldest (the one executing) first
+    queue: list = field(default_factory=list)  # its tickets' refs until collected, oldest first
+    running: deque = field(default_factory=deque)  # its Tickets whose actor call has not returned, oldest first
+    since: float = 0.0  # when running[0] began executing: when its predecessor returned, or it was submitted
     generation: int = 0  # bumped when the actor dies; tickets of an older life are not charged again
     restarting: object = None  # ObjectRef of ready() while the actor comes back
 
 
+@dataclass(eq=False)
+class Ticket:
+    """One task in flight. Its ref is what the scheduler waits on: a whole row's or a stitch's encode task,
+    a chunk's info. `call` is the actor call's info, which tells when the actor is done with the task."""
+
+    ref: ray.ObjectRef
+    slot: Slot
+    generation: int
+    call: ray.ObjectRef
+    charged: bool = False  # the task its actor was executing when it died: it pays the attempt
+
+
 class ActorPool:
     """An Executor (see scheduler.py) over `actors` actors of one model: RenderActors, or any actor class with
-    their constructor and methods (bench/scaling.py swaps in a fixed-time stand-in to measure the orchestration)."""
+    their constructor and methods (bench/scaling.py swaps in a fixed-time stand-in to measure the orchestration).
+    With `row_timeout` (seconds), a task executing longer fails `timeout` and its actor is replaced."""
 
     def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
-                 load_options: dict, actor_class=RenderActor):
+                 load_options: dict, actor_class=RenderActor, row_timeout: float | None = None):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0,
                        **faults.runtime_env())
         if device.startswith("cuda"):
@@ -118,7 +137,8 @@ class ActorPool:
         self.slots = [Slot(actor_class.options(**options).remote(model, device, threads, load_options))
                       for _ in range(actors)]
         self.out_dir = out_dir
-        self.tickets: dict[ray.ObjectRef, tuple[Slot, int]] = {}
+        self.row_timeout = row_timeout
+        self.tickets: dict[ray.ObjectRef, Ticket] = {}
         self.outputs: dict[ray.ObjectRef, ray.ObjectRef] = {}  # a chunk's ticket -> its output
         try:
             ray.get([slot.actor.ready.remote() for slot in self.slots])
@@ -136,16 +156,21 @@ class ActorPool:
         slot = min((s for s in self.slots if s.restarting is None), key=lambda s: len(s.queue))
         request = task.request
         if task.whole_row or task.chunk == STITCH:
-            frames, info = (slot.actor.render.remote(request) if task.whole_row
+            frames, call = (slot.actor.render.remote(request) if task.whole_row
                             else slot.actor.stitch.remote(request, *task.parts))
-            ticket = encode.options(**faults.runtime_env()).remote(
-                frames, info, storage.join(self.out_dir, request.video_path), request.fps, request.id)
+            ref = encode.options(**faults.runtime_env()).remote(
+                frames, call, storage.join(self.out_dir, request.video_path), request.fps, request.id)
         else:
-            output, ticket = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
-            self.outputs[ticket] = output
-        self.tickets[ticket] = (slot, slot.generation)
-        slot.queue.append(ticket)
-        return ticket
+            output, call = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
+            ref = call
+            self.outputs[ref] = output
+        ticket = Ticket(ref, slot, slot.generation, call)
+        self.tickets[ref] = ticket
+        slot.queue.append(ref)
+        if not slot.running:  # an idle actor starts it now
+            slot.since = time.monotonic()
+        slot.running.append(ticket)
+        return ref
 
     def wait(self, timeout: float) -> list[tuple[ray.ObjectRef, Outcome]]:
         restarting = {s.restarting: s for s in self.slots if s.restarting is not None}
@@ -159,30 +184,73 @@ class ActorPool:
             if ref in restarting:
                 self._restarted(restarting[ref])
         finished = sorted((r for r in ready if r in self.tickets), key=lambda r: self._age(r))
-        return [(ticket, self._outcome(ticket)) for ticket in finished]
+        outcomes = [(ref, self._outcome(ref)) for ref in finished]
+        return outcomes + self._timed_out()
 
     def shutdown(self) -> None:
         for slot in self.slots:
             ray.kill(slot.actor, no_restart=True)
 
-    def _age(self, ticket) -> int:
-        slot, _ = self.tickets[ticket]
-        return slot.queue.index(ticket)
+    def _age(self, ref) -> int:
+        return self.tickets[ref].slot.queue.index(ref)
 
-    def _outcome(self, ticket) -> Outcome:
-        slot, generation = self.tickets.pop(ticket)
-        slot.queue.remove(ticket)
-        outcome = outcome_of(ticket)
-        output = self.outputs.pop(ticket, None)
+    def _drop(self, ref) -> Ticket:
+        ticket = self.tickets.pop(ref)
+        ticket.slot.queue.remove(ref)
+        return ticket
+
+    def _outcome(self, ref) -> Outcome:
+        ticket = self._drop(ref)
+        slot = ticket.slot
+        outcome = outcome_of(ref)
+        output = self.outputs.pop(ref, None)
         if outcome.status == OK:
             return replace(outcome, output=output)
         if outcome.status != ACTOR_DIED:
             return outcome
-        if generation != slot.generation:  # queued behind the task that took the actor down
-            return Outcome(REQUEUE, outcome.error)
+        if ticket.generation == slot.generation:  # the first news of this death: find the task that caused it
+            # not simply this ticket: encode tasks report the death in no fixed order
+            (self._executing(slot, settle=DEATH_SETTLE_S) or ticket).charged = True
+            self._replace_actor(slot)
+        # the others were queued behind it: requeued without charge
+        return Outcome(CRASHED if ticket.charged else REQUEUE, outcome.error)
+
+    def _executing(self, slot: Slot, settle: float = 0) -> Ticket | None:
+        """The ticket whose task the actor is executing (or died executing): the oldest whose actor call has
+        neither returned nor raised. `settle`: how long to wait for a call to report a death."""
+        while slot.running:
+            head = slot.running[0]
+            ready, _ = ray.wait([head.call], timeout=settle)
+            if not ready or died_with_actor(head.call):
+                return head
+            slot.running.popleft()  # returned (or raised, and the actor lives on): the next one started
+            slot.since = time.monotonic()
+        return None
+
+    def _timed_out(self) -> list[tuple[ray.ObjectRef, Outcome]]:
+        """Tasks executing for longer than row_timeout: failed `timeout`, their actors killed and replaced.
+        The tasks queued behind such a task then report the actor's death and are requeued without charge."""
+        expired = []
+        for slot in self.slots:
+            # every slot, every time: also lets go of the calls that returned
+            head = self._executing(slot) if slot.restarting is None else None
+            if head is None or self.row_timeout is None or time.monotonic() - slot.since <= self.row_timeout:
+                continue
+            if ray.wait([head.call], timeout=0)[0]:  # it died just now: settled as a crash once collected
+                continue
+            self._drop(head.ref)
+            self.outputs.pop(head.ref, None)
+            ray.kill(slot.actor, no_restart=False)
+            self._replace_actor(slot)
+            expired.append((head.ref, Outcome(
+                FAILED, f"timeout: the task ran past --row-timeout {self.row_timeout:g}s; its actor was replaced")))
+        return expired
+
+    def _replace_actor(self, slot: Slot) -> None:
+        """The actor died or was killed: Ray restarts it; its tickets of this life are settled as they come."""
         slot.generation += 1
+        slot.running.clear()
         slot.restarting = slot.actor.ready.remote()
-        return Outcome(CRASHED, outcome.error)
 
     def _restarted(self, slot: Slot) -> None:
         try:
@@ -190,6 +258,17 @@ class ActorPool:
             slot.restarting = None
         except ray.exceptions.RayError:  # died again while loading: keep waiting on its next life
             slot.restarting = slot.actor.ready.remote()
+
+
+def died_with_actor(call: ray.ObjectRef) -> bool:
+    """Whether a finished actor call failed because its actor process died."""
+    try:
+        ray.get(call)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.RayError:  # the call raised; the actor lives on
+        return False
+    return False
 
 
 def outcome_of(ticket: ray.ObjectRef) -> Outcome:
@@ -203,13 +282,13 @@ def outcome_of(ticket: ray.ObjectRef) -> Outcome:
         if isinstance(cause, ray.exceptions.WorkerCrashedError):  # the encode task's worker died
             return Outcome(CRASHED, f"worker_crashed: the encode worker died ({type(cause).__name__})")
         final = REJECTED if isinstance(cause, RowRejected) else FAILED if isinstance(cause, BadOutput) else ERROR
-        return Outcome(final, describe(exc))
+        return Outcome(final, describe(exc), write_failed=isinstance(cause, WriteFailed))
 
 
 def describe(exc: BaseException) -> str:
     """The original exception's type and message, without Ray's wrapping traceback."""
     cause = getattr(exc, "cause", None) or exc
-    if isinstance(cause, (RowRejected, BadOutput)):
+    if isinstance(cause, (RowRejected, BadOutput, WriteFailed)):
         return str(cause)
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"[:500]

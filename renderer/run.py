@@ -6,6 +6,7 @@ local Ray is started.
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from .metadata import MetadataStore, rejected_record, request_record
 from .paths import clean_temp_files, output_lock, refuse_linked_videos_dir
 from .progress import Progress
 from .request import MAX_FRAMES, RenderRequest, to_request
-from .scheduler import OK, Outcome, Scheduler
+from .scheduler import OK, Outcome, Scheduler, WriteBreaker
 from .tables import read_tables
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,6 +41,7 @@ class RunConfig:
     max_frames: int = MAX_FRAMES  # a row asking for more is rejected
     dtype: str | None = None  # CUDA only: "float16" (default) or "bfloat16"
     allow_pickle: bool = False  # checkpoints may load pickle weights (.bin) where they have no safetensors
+    row_timeout: float | None = None  # seconds a task (a row, or a chunk or stitch of a long one) may execute
 
     def __post_init__(self):
         object.__setattr__(self, "out", os.fspath(self.out))
@@ -57,6 +59,8 @@ class RunConfig:
             raise ValueError(f"dtype={self.dtype!r}: must be float16 or bfloat16")
         if self.max_frames < 1:
             raise ValueError(f"max_frames={self.max_frames}: must be >= 1")
+        if self.row_timeout is not None and self.row_timeout <= 0:
+            raise ValueError(f"row_timeout={self.row_timeout}: must be > 0")
 
 
 @dataclass
@@ -71,6 +75,7 @@ class RunSummary:
     counts: Counter = field(default_factory=Counter)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (id, error), first few
     skipped: int = 0  # already rendered by an earlier run
+    stopped: str | None = None  # why the run stopped taking new work, if it did
 
     @property
     def exit_code(self) -> int:
@@ -101,12 +106,16 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
     with output_lock(config.out):  # before cleaning: temporary files may be another live run's
         refuse_linked_videos_dir(config.out)  # before cleaning too: never delete through a planted link
         clean_temp_files(config.out)
-        return _run_locked(config, plan, connect, actor_class)
+        try:
+            return _run_locked(config, plan, connect, actor_class)
+        finally:  # a worker killed mid-write leaves its temporary file behind; this run's workers are done
+            clean_temp_files(config.out)
 
 
 def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSummary:
     store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
+    breaker = WriteBreaker()
     for record in plan.rejected:
         store.add(record)
     todo = []
@@ -118,9 +127,10 @@ def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSumma
         else:
             todo.append(request)
     try:
-        _render(todo, config, store, connect, actor_class)
+        _render(todo, config, store, connect, breaker, actor_class)
     finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
-        store.flush(order=plan.ids)
+        store.flush(order=plan.ids)  # raises WriteFailed when it cannot: the previous file stays intact
+    summary.stopped = breaker.reason
     for row_id in plan.ids:
         record = store.records[row_id]
         summary.counts[record["status"]] += 1
@@ -129,7 +139,8 @@ def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSumma
     return summary
 
 
-def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect, actor_class) -> None:
+def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect,
+            breaker: WriteBreaker, actor_class) -> None:
     import ray
 
     from .ray_pool import ActorPool, ModelLoadError, RenderActor
@@ -150,22 +161,33 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     by_model: dict[str, list[RenderRequest]] = {}
     for request in requests:
         by_model.setdefault(request.model, []).append(request)
+
+    def fail_all(group: list[RenderRequest], outcome: Outcome) -> None:
+        for request in group:
+            progress.event("start")  # each row starts and fails at once
+            done(request, outcome, 0)
+
     for model, group in by_model.items():  # one model at a time gets every actor slot
+        if breaker.reason:
+            fail_all(group, breaker.not_rendered())
+            continue
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
             load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype,
                                 allow_pickle=config.allow_pickle)
             pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options,
-                             actor_class or RenderActor)
+                             actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:
-            for request in group:
-                progress.event("start")  # each row starts and fails at once
-                done(request, Outcome("error", str(exc)), 0)
+            fail_all(group, Outcome("error", str(exc)))
             continue
         try:
-            Scheduler(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind)).run(group)
+            Scheduler(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind),
+                      breaker).run(group)
         finally:
             pool.shutdown()
+        if breaker.reason:
+            print(f"\nstopping: {breaker.reason}; the rows left are recorded `failed` (not rendered) and render "
+                  "when the same command runs again", file=sys.stderr, flush=True)
     progress.close()
 
 

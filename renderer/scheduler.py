@@ -4,7 +4,8 @@ A row is a small DAG of tasks. A row that fits its model's window is one task. A
 per chunk (all at once when the chunks are anchored, one after another when they are chained) and then
 a stitch task that blends them into the video. The scheduler keeps at most `executor.capacity` tasks
 in flight, older rows first, streams new rows in as capacity frees, retries a task that raised or whose
-worker died until `max_attempts`, and reports every row's final outcome exactly once.
+worker died until `max_attempts`, and reports every row's final outcome exactly once. When the output
+storage keeps failing (WriteBreaker) it stops taking new work and reports the rows it did not render.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ OK, REJECTED, ERROR, CRASHED = "ok", "rejected", "error", "crashed"
 FAILED = "failed"  # failed for good (bad output after the actor's own retry): never retried
 REQUEUE = "requeue"  # lost through no fault of its own (queued behind a task that crashed its worker)
 STITCH = -1  # the chunk index of a row's stitch task
+WRITE_FAILURES_TO_STOP = 3  # rows in a row whose video could not be written before the run stops
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Outcome:
     error: str | None = None
     info: dict = field(default_factory=dict)  # seconds, gpu, actor, ... for the record
     output: Any = None  # a chunk's frames or latents as the executor holds them (an ObjectRef under Ray)
+    write_failed: bool = False  # the video could not be written (disk full, ...): see WriteBreaker
 
 
 @dataclass(frozen=True)
@@ -75,50 +78,92 @@ class RowState:
 
 
 @dataclass
+class WriteBreaker:
+    """Trips once `limit` different rows in a row failed to write their video, with no successful write in
+    between: the storage is full, read-only or gone, and rendering the rest of the table would be wasted.
+    One row failing again and again (a folder in the way of its own path) counts once and never trips it.
+    Shared by the schedulers of one run, so a tripped run starts no other model either."""
+
+    limit: int = WRITE_FAILURES_TO_STOP
+    failing: set = field(default_factory=set)  # rows whose write failed since the last successful one
+    reason: str | None = None  # why the run stopped, once tripped
+
+    def observe(self, row_id: Hashable, outcome: Outcome, wrote: bool) -> None:
+        """A task's outcome; `wrote`: the task ends by writing the row's video (a whole row or a stitch)."""
+        if outcome.write_failed:
+            self.failing.add(row_id)
+        elif outcome.status == OK and wrote:
+            self.failing.clear()
+        if self.reason is None and len(self.failing) >= self.limit:
+            self.reason = (f"the run stopped after {self.limit} rows in a row failed to write their video "
+                           "(disk full?)")
+
+    def not_rendered(self) -> Outcome:
+        return Outcome(FAILED, f"not rendered: {self.reason}")
+
+
+@dataclass
 class Scheduler:
     executor: Executor
     max_attempts: int
     on_done: Callable[[object, Outcome, int], None]  # (request, final outcome, attempts)
     # "start" (a row), "retry" (a task), "chunk" (a chunk of a long row rendered), "done" (a row)
     on_event: Callable[[str, object], None] = lambda kind, request: None
+    breaker: WriteBreaker = field(default_factory=WriteBreaker)
 
     def run(self, requests: Iterable) -> None:
         incoming = iter(requests)
         rows: deque[RowState] = deque()  # rows in progress, oldest first
         in_flight: dict[Hashable, tuple[RowState, Task]] = {}
+        exhausted = False
         while True:
-            self._fill(rows, incoming, in_flight)
-            if not in_flight and not rows:
-                return
+            exhausted = self._fill(rows, incoming, in_flight) or exhausted
+            # "nothing in flight" alone is no end: while every worker restarts the capacity is 0
+            if not in_flight and (self.breaker.reason or (exhausted and not rows)):
+                break
             for ticket, outcome in self.executor.wait(timeout=0.5):
                 row, task = in_flight.pop(ticket)
                 if not row.done:
                     self._settle(row, task, outcome)
             while rows and rows[0].done:
                 rows.popleft()
+        self._report_not_rendered(rows, incoming)
 
-    def _fill(self, rows: deque, incoming, in_flight: dict) -> None:
-        """Submit ready tasks, older rows first; start a new row only when no started row has one ready."""
-        while len(in_flight) < self.executor.capacity:
+    def _report_not_rendered(self, rows: deque, incoming) -> None:
+        """After the breaker tripped: every row it left unfinished or never started, recorded as such."""
+        for row in rows:
+            if not row.done:
+                self._finish(row, self.breaker.not_rendered())
+        for request in incoming:
+            self.on_event("start", request)
+            self._finish(RowState(request, deque()), self.breaker.not_rendered())
+
+    def _fill(self, rows: deque, incoming, in_flight: dict) -> bool:
+        """Submit ready tasks, older rows first; start a new row only when no started row has one ready.
+        Nothing once the breaker tripped. True when `incoming` turned out to be exhausted."""
+        while len(in_flight) < self.executor.capacity and not self.breaker.reason:
             row = next((r for r in rows if r.waiting), None)
             if row is None:
                 request = next(incoming, None)
                 if request is None:
-                    return
+                    return True
                 rows.append(RowState.start(request))
                 self.on_event("start", request)
                 continue
             task = row.waiting.popleft()
             row.attempts[task.chunk] = row.attempts.get(task.chunk, 0) + 1
             in_flight[self.executor.submit(task)] = (row, task)
+        return False
 
     def _settle(self, row: RowState, task: Task, outcome: Outcome) -> None:
+        self.breaker.observe(row.request.id, outcome, wrote=task.whole_row or task.chunk == STITCH)
         if outcome.status == REQUEUE:
             row.attempts[task.chunk] -= 1
             row.waiting.appendleft(task)
             self.on_event("retry", row.request)
             return
-        if outcome.status in (ERROR, CRASHED) and row.attempts[task.chunk] < self.max_attempts:
+        if outcome.status in (ERROR, CRASHED) and row.attempts[task.chunk] < self.max_attempts \
+                and not self.breaker.reason:
             row.waiting.appendleft(task)  # retried next, not after the whole backlog
             self.on_event("retry", row.request)
             return
@@ -141,5 +186,5 @@ class Scheduler:
                     "gpu": chunks[0].get("gpu"),
                     "recoveries": [r for c in [*chunks, outcome.info] for r in c.get("recoveries", [])]}
             outcome = Outcome(outcome.status, outcome.error, info)
-        self.on_done(row.request, outcome, max(row.attempts.values()))
+        self.on_done(row.request, outcome, max(row.attempts.values(), default=0))
         self.on_event("done", row.request)

@@ -20,6 +20,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .errors import WriteFailed
+
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 TEMP_MARK = ".tmp-"  # local temporary files only: an object store never sees one
 
@@ -114,21 +116,33 @@ def writing(final):
     planted symlink instead of following it). For an object store the finished file is uploaded from a
     local temporary folder: an S3 PUT or multipart upload (and a GCS upload) becomes visible only once it
     completes, so no partial object ever appears at `final`, and nothing temporary is written under the
-    output prefix."""
-    if is_uri(final):
-        with tempfile.TemporaryDirectory(prefix="render-") as folder:
-            temp = Path(folder) / posixpath.basename(final)
-            yield temp
-            _upload(temp, final)
-        return
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{final.name}")
+    output prefix. Any OSError on the way (the block's own writes included) becomes WriteFailed naming `final`."""
     try:
-        yield temp
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
+        if is_uri(final):
+            with tempfile.TemporaryDirectory(prefix="render-") as folder:
+                temp = Path(folder) / posixpath.basename(final)
+                yield temp
+                _upload(temp, final)
+            return
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.with_name(f"{TEMP_MARK}{uuid.uuid4().hex[:12]}-{final.name}")
+        try:
+            yield temp
+            os.replace(temp, final)
+        finally:
+            temp.unlink(missing_ok=True)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise _write_failed(final, exc) from exc
+
+
+def _write_failed(final, exc: OSError) -> WriteFailed:
+    """`exc` as WriteFailed: the path and the reason (an encoder's OSError carries its reason on its last line)."""
+    lines = str(exc).strip().splitlines()
+    reason = exc.strerror or (lines[-1] if lines else "")
+    return WriteFailed(f"write_failed: {final}: {reason} ({type(exc).__name__})")
 
 
 def create_exclusive(location, data: dict) -> bool:

@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray for the session, table writers, mp4 readers."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,9 +23,19 @@ def ray_session():
     import ray
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")  # never another's Ray
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def inject(tmp_path, monkeypatch):
+    """Set the faults of this test (see renderer/faults.py): for the driver and, through runtime_env, its actors
+    and encode tasks. The firings are logged to tmp_path/faults.jsonl."""
+    def set_faults(*specs):
+        monkeypatch.setenv("RENDER_FAULTS", json.dumps(list(specs)))
+        monkeypatch.setenv("RENDER_FAULTS_LOG", str(tmp_path / "faults.jsonl"))
+    return set_faults
 
 
 @pytest.fixture

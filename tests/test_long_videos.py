@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import renderer
-from conftest import read_metadata, write_table
+from conftest import write_table
+from invariants import check_invariants
 from renderer.inputs import load_image
 from renderer.request import to_request
 from renderer.run import RunConfig, run
@@ -32,7 +33,7 @@ def test_rows_of_3x_and_7x_the_window_render_to_exactly_that_many_frames(ray_ses
     out = tmp_path / "out"
     summary = run(RunConfig((str(write_table(image_file.parent / "long.parquet", rows)),), out, actors=3))
     assert summary.counts == {"ok": 3}, summary.errors
-    records = read_metadata(out)
+    records = check_invariants(out, [row["id"] for row in rows], summary.exit_code)
     expected = {"anim-3x": ("anchored", 4, 16), "zero-7x": ("anchored", 9, 8), "svd-chain-3x": ("chain", 4, 14)}
     for row_id, (mode, chunks, window) in expected.items():
         record = records[row_id]
@@ -53,7 +54,7 @@ def test_anchored_chunks_spread_over_actors_and_the_frames_do_not_depend_on_the_
     for actors in (1, 3):
         out = tmp_path / f"out{actors}"
         assert run(RunConfig((table,), out, actors=actors)).counts == {"ok": 1}
-        record = read_metadata(out)["long"]
+        record = check_invariants(out, ["long"], 0)["long"]
         assert record["chunks"] == 9 and len(set(record["chunk_actors"])) == actors
         videos[actors] = rendered(out, record)
     assert videos[1].shape == (112, 64, 64, 3)

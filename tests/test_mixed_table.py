@@ -2,7 +2,8 @@
 import numpy as np
 from click.testing import CliRunner
 
-from conftest import read_metadata, write_table
+from conftest import write_table
+from invariants import check_invariants
 from jobs.cli import main
 from renderer.families import FAMILIES
 from renderer.video import read_mp4, write_mp4
@@ -27,8 +28,7 @@ def test_every_family_in_one_run(ray_session, tmp_path, image_file):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(write_table(tmp_path / "mixed.parquet", rows)), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    records = read_metadata(out)
-    assert sorted(records) == sorted(r["id"] for r in rows)
+    records = check_invariants(out, [r["id"] for r in rows], result.exit_code)
     for name in FAMILIES:
         record = records[f"row-{name}"]
         assert record["status"] == "ok" and record["family"] == name, record

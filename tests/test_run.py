@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import ROOT, copy_example, read_metadata, write_table
+from invariants import check_invariants
 from jobs.cli import main
 from renderer.paths import video_relpath
 from renderer.run import RunConfig, run
@@ -49,6 +50,7 @@ def test_example_table_renders_to_checked_mp4s(ray_session, tmp_path):
         assert frames.shape == (rec["num_frames"], rec["height"], rec["width"], 3)
         assert fps == rec["fps"] and rec["chunks"] == 1 and rec["gpu"] == "cpu" and rec["seconds"] > 0
     assert (records["ocean-waves"]["num_frames"], records["dusk"]["fps"], records["sunrise"]["num_frames"]) == (12, 6, 14)
+    check_invariants(out, list(records), result.exit_code)
     assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "videos"]  # no temporary file left
 
 
@@ -71,7 +73,7 @@ def test_resume_renders_only_what_is_missing_or_changed(ray_session, tmp_path):
     after = mtimes(out)
     changed = {name for name in after if before.get(name) != after[name]}
     assert changed == {Path(video_relpath("r0")).name, Path(video_relpath("r3")).name}
-    assert len(read_metadata(out)) == 4
+    check_invariants(out, [row["id"] for row in rows], grown.exit_code)
 
 
 def test_frames_do_not_depend_on_actor_count_or_row_order(ray_session, tmp_path):
@@ -82,7 +84,7 @@ def test_frames_do_not_depend_on_actor_count_or_row_order(ray_session, tmp_path)
     two = render(write_table(tmp_path / "b.parquet", rows), tmp_path / "two", "--model", "tiny-animatediff",
                  "--actors", "2")
     assert one.exit_code == two.exit_code == 0
-    a, b = read_metadata(tmp_path / "one"), read_metadata(tmp_path / "two")
+    a, b = (check_invariants(tmp_path / name, [row["id"] for row in rows], 0) for name in ("one", "two"))
     assert len({r["actor"] for r in b.values()}) == 2  # both actors took rows
     for row_id in a:
         assert a[row_id]["seed"] == b[row_id]["seed"]
@@ -112,8 +114,7 @@ def test_bad_rows_are_rejected_and_cost_no_other_row(ray_session, tmp_path, imag
     out = tmp_path / "out"
     result = render([write_table(tmp_path / "t.parquet", rows), binary], out)
     assert result.exit_code == 1, result.output
-    records = read_metadata(out)
-    assert len(records) == len(rows) + 1
+    records = check_invariants(out, [row["id"] for row in rows] + ["truncated-jpeg"], result.exit_code)
     assert records["good"]["status"] == records["../../escape"]["status"] == "ok"
     expected = {"no-prompt": "prompt=None: required", "no-image": "image=None: required",
                 "url-image": "image='http://example.com/x.png': absolute URLs", "odd-size": "height=60: must be divisible",
@@ -140,7 +141,7 @@ def test_a_failing_row_is_retried_then_failed_and_the_run_goes_on(ray_session, t
     summary = run(RunConfig((str(write_table(tmp_path / "t.parquet", rows)),), out, model="tiny-animatediff",
                             max_attempts=2))
     assert summary.exit_code == 1 and summary.counts == {"ok": 2, "failed": 1}
-    record = read_metadata(out)["w1"]
+    record = check_invariants(out, [row["id"] for row in rows], summary.exit_code)["w1"]
     assert record["status"] == "failed" and record["attempts"] == 2
     assert "IsADirectoryError" in record["error"] and record["video_path"] is None
 
@@ -157,27 +158,30 @@ def test_a_killed_actor_row_is_retried_on_a_fresh_actor(ray_session, tmp_path):
     summary = result["summary"]
     assert killed, "no actor was found rendering"
     assert summary.counts == {"ok": 3}
-    records = read_metadata(out)
+    records = check_invariants(out, [row["id"] for row in rows], summary.exit_code)
     assert sorted(r["attempts"] for r in records.values()) == [1, 1, 2]
     retried = next(r for r in records.values() if r["attempts"] == 2)
     assert not retried["actor"].endswith(f":{killed}")  # finished by the restarted actor process
 
 
 def kill_actor_mid_row(timeout: float) -> int | None:
-    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method); only
-    among this test process's descendants (its local Ray), never another Ray's on the same machine."""
+    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method) of this
+    test's own Ray: its workers descend from this process, another Ray's on the machine do not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in psutil.Process().children(recursive=True):
-            try:
-                busy = "ray::RenderActor.render" in " ".join(proc.cmdline())
-            except psutil.Error:  # ended since it was listed
-                continue
-            if busy:
+            if "ray::RenderActor.render" in " ".join(command_line(proc)):
                 os.kill(proc.pid, signal.SIGKILL)
                 return proc.pid
         time.sleep(0.05)
     return None
+
+
+def command_line(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # gone meanwhile
+        return []
 
 
 def test_readme_command_renders_the_example_in_a_fresh_process(tmp_path):
@@ -187,4 +191,4 @@ def test_readme_command_renders_the_example_in_a_fresh_process(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "done: 4 ok" in proc.stdout
-    assert len(list((out / "videos").glob("*.mp4"))) == 4 and len(read_metadata(out)) == 4
+    assert len(check_invariants(out, ["fox-in-snow", "ocean-waves", "sunrise", "dusk"], proc.returncode)) == 4

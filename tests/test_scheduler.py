@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from renderer.chunks import plan_chunks
-from renderer.scheduler import CRASHED, ERROR, OK, REJECTED, STITCH, Outcome, Scheduler
+from renderer.scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, STITCH, Outcome, Scheduler
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,9 @@ def name(task) -> str:
     if task.whole_row:
         return task.request.id
     return f"{task.request.id}#{'stitch' if task.chunk == STITCH else task.chunk}"
+
+
+WRITE = "write"  # in a script: the attempt raised because its video could not be written
 
 
 class ScriptedExecutor:
@@ -39,44 +42,47 @@ class ScriptedExecutor:
         statuses = self.script.get(name(task), [OK])
         status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
         info = {"seconds": 1.0, "actor": f"actor{ticket % 3}"}
+        if status == WRITE:
+            return [(ticket, Outcome(ERROR, f"write_failed: {name(task)}", info, write_failed=True))]
         return [(ticket, Outcome(status, None if status == OK else f"{status} on {name(task)}", info,
                                  output=f"out:{name(task)}"))]
 
 
-def run(script, capacity=2, max_attempts=3, rows=("a", "b", "c", "d")):
-    executor = ScriptedExecutor(capacity, script)
+def run(script, capacity=2, max_attempts=3, rows=("a", "b", "c", "d"), executor=None):
+    executor = executor or ScriptedExecutor(capacity, script)
     done = {}
     requests = [Req(r) if isinstance(r, str) else r for r in rows]
-    Scheduler(executor, max_attempts, lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info))).run(requests)
-    return {k: v[:2] for k, v in done.items()}, executor, {k: v[2] for k, v in done.items()}
+    Scheduler(executor, max_attempts, lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info, o.error))).run(requests)
+    return {k: v[:2] for k, v in done.items()}, executor, {k: v[2] for k, v in done.items()}, \
+        {k: v[3] for k, v in done.items()}
 
 
 def test_every_row_finishes_once_and_in_flight_is_bounded():
-    done, executor, _ = run({}, capacity=2, rows=[str(i) for i in range(10)])
+    done, executor, *_ = run({}, capacity=2, rows=[str(i) for i in range(10)])
     assert done == {str(i): (OK, 1) for i in range(10)}
     assert executor.max_running == 2
 
 
 def test_error_and_crash_are_retried_until_success():
-    done, executor, _ = run({"a": [ERROR, OK], "b": [CRASHED, CRASHED, OK]})
+    done, executor, *_ = run({"a": [ERROR, OK], "b": [CRASHED, CRASHED, OK]})
     assert done["a"] == (OK, 2) and done["b"] == (OK, 3)
     assert executor.submitted.count("b") == 3
 
 
 def test_attempts_are_capped_and_the_run_goes_on():
-    done, executor, _ = run({"b": [CRASHED]}, max_attempts=3)
+    done, executor, *_ = run({"b": [CRASHED]}, max_attempts=3)
     assert done["b"] == (CRASHED, 3)
     assert {k: v for k, v in done.items() if k != "b"} == {"a": (OK, 1), "c": (OK, 1), "d": (OK, 1)}
 
 
 def test_rejected_rows_are_never_retried():
-    done, executor, _ = run({"c": [REJECTED, OK]})
+    done, executor, *_ = run({"c": [REJECTED, OK]})
     assert done["c"] == (REJECTED, 1)
     assert executor.submitted.count("c") == 1
 
 
 def test_requeued_rows_are_not_charged_an_attempt():
-    done, executor, _ = run({"a": ["requeue", "requeue", "requeue", OK]}, max_attempts=2)
+    done, executor, *_ = run({"a": ["requeue", "requeue", "requeue", OK]}, max_attempts=2)
     assert done["a"] == (OK, 1)
     assert executor.submitted.count("a") == 4
 
@@ -86,7 +92,7 @@ CHAINED = Req("chain", plan_chunks(40, 14, 1), "chain")  # chunks [0,14) [13,27)
 
 
 def test_anchored_chunks_run_side_by_side_then_one_stitch_gets_every_output_in_order():
-    done, executor, infos = run({}, capacity=3, rows=[ANCHORED])
+    done, executor, infos, _ = run({}, capacity=3, rows=[ANCHORED])
     assert done == {"long": (OK, 1)}
     assert executor.submitted == ["long#0", "long#1", "long#2", "long#stitch"]
     assert executor.max_running == 3  # the three chunks were in flight together
@@ -97,7 +103,7 @@ def test_anchored_chunks_run_side_by_side_then_one_stitch_gets_every_output_in_o
 
 
 def test_chained_chunks_run_in_order_each_given_the_last_output_and_the_first():
-    done, executor, _ = run({}, capacity=4, rows=[CHAINED, "x", "y"])
+    done, executor, *_ = run({}, capacity=4, rows=[CHAINED, "x", "y"])
     assert done == {"chain": (OK, 1), "x": (OK, 1), "y": (OK, 1)}
     order = [n for n in executor.submitted if n.startswith("chain")]
     assert order == ["chain#0", "chain#1", "chain#2", "chain#stitch"]
@@ -108,10 +114,10 @@ def test_chained_chunks_run_in_order_each_given_the_last_output_and_the_first():
 
 
 def test_a_failed_chunk_is_retried_alone_and_a_lost_one_fails_the_row_only():
-    done, executor, _ = run({"long#1": [ERROR, OK]}, capacity=3, rows=[ANCHORED, "z"])
+    done, executor, *_ = run({"long#1": [ERROR, OK]}, capacity=3, rows=[ANCHORED, "z"])
     assert done == {"long": (OK, 2), "z": (OK, 1)}
     assert executor.submitted.count("long#1") == 2 and executor.submitted.count("long#0") == 1
-    done, executor, _ = run({"long#2": [CRASHED]}, capacity=3, max_attempts=2, rows=[ANCHORED, "z"])
+    done, executor, *_ = run({"long#2": [CRASHED]}, capacity=3, max_attempts=2, rows=[ANCHORED, "z"])
     assert done == {"long": (CRASHED, 2), "z": (OK, 1)}
     assert "long#stitch" not in executor.submitted
 
@@ -131,3 +137,49 @@ def test_progress_counts_rows_chunks_and_retries():
     Scheduler(executor, 3, done, lambda kind, _: kind != "done" and progress.event(kind)).run([ANCHORED, Req("a")])
     progress.close()
     assert "2/2 rows | failed 0 | in flight 0 | chunks 3/3 | retries 1 |" in stream.getvalue().splitlines()[-1]
+
+
+def test_write_failures_of_three_rows_in_a_row_stop_the_run_and_the_rest_is_reported_not_rendered():
+    rows = [str(i) for i in range(8)]
+    done, executor, _, errors = run({r: [WRITE] for r in rows}, capacity=1, rows=rows)
+    assert executor.submitted == ["0", "0", "0", "1", "1", "1", "2"]  # no retry, no new row once tripped
+    assert {k: done[k] for k in "012"} == {"0": (ERROR, 3), "1": (ERROR, 3), "2": (ERROR, 1)}
+    assert errors["2"] == "write_failed: 2"
+    for row in rows[3:]:
+        assert done[row] == (FAILED, 0) and errors[row].startswith("not rendered: the run stopped after 3 rows")
+
+
+def test_one_row_failing_to_write_or_failures_between_good_writes_never_stop_the_run():
+    done, *_ = run({"a": [WRITE]}, capacity=1, rows=["a", "b", "c", "d"])
+    assert done == {"a": (ERROR, 3), "b": (OK, 1), "c": (OK, 1), "d": (OK, 1)}
+    done, *_ = run({"a": [WRITE, OK], "b": [WRITE, OK], "d": [WRITE, OK], "e": [WRITE, OK]}, capacity=1,
+                   rows=["a", "b", "c", "d", "e", "f"])
+    assert set(done.values()) <= {(OK, 1), (OK, 2)}  # c's good write in between: d and e start a new count
+
+
+class RestartingExecutor(ScriptedExecutor):
+    """Its one worker dies with the first task and is away for a few waits: capacity 0, nothing in flight."""
+
+    def __init__(self):
+        super().__init__(1, {"a": [CRASHED]})
+        self.away = 0
+
+    @property
+    def capacity(self):
+        return 0 if self.away else 1
+
+    @capacity.setter
+    def capacity(self, value):
+        pass
+
+    def wait(self, timeout):
+        if self.away:
+            self.away -= 1
+            return []
+        self.away = 3
+        return super().wait(timeout)
+
+
+def test_a_run_waits_for_a_restarting_worker_instead_of_dropping_the_rows_not_started():
+    done, *_ = run({}, max_attempts=1, rows=["a", "b", "c"], executor=RestartingExecutor())
+    assert done == {"a": (CRASHED, 1), "b": (OK, 1), "c": (OK, 1)}

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cluster.submit import Submission, SubmitError, _client, auth_warning, check_working_dir
 from conftest import copy_example, read_metadata, write_table
+from invariants import check_invariants
 from jobs.cli import main
 
 BIN = Path(sys.executable).parent
@@ -81,9 +82,8 @@ def test_submit_renders_the_example_and_status_logs_report_it(ray_head, tmp_path
     table, out = copy_example(tmp_path), tmp_path / "out"
     job = submitted_id(cli("submit", table, "--out", out, "--address", ray_head))
     assert wait_for(ray_head, job) == "SUCCEEDED", cli("logs", job, "--address", ray_head).output
-    records = read_metadata(out)
-    assert sorted(records) == ["dusk", "fox-in-snow", "ocean-waves", "sunrise"]
-    assert all(r["status"] == "ok" and (out / r["video_path"]).is_file() for r in records.values())
+    records = check_invariants(out, ["dusk", "fox-in-snow", "ocean-waves", "sunrise"], 0)  # SUCCEEDED: exit 0
+    assert all(r["status"] == "ok" for r in records.values())
     assert f"{job}: SUCCEEDED" in cli("status", job, "--address", ray_head).output
     assert "done: 4 ok" in cli("logs", job, "--address", ray_head).output
     again = cli("submit", table, "--out", out, "--address", ray_head)
@@ -112,8 +112,8 @@ def test_stop_halfway_then_submit_again_resumes_without_rendering_a_row_twice(ra
     resumed = submitted_id(cli(*args))
     assert resumed == f"{job}-2"
     assert wait_for(ray_head, resumed) == "SUCCEEDED"
-    records = read_metadata(out)
-    assert sorted(records) == sorted(r["id"] for r in rows) and all(r["status"] == "ok" for r in records.values())
+    records = check_invariants(out, [r["id"] for r in rows], 0)
+    assert all(r["status"] == "ok" for r in records.values())
     assert {k: (out / records[k]["video_path"]).stat().st_mtime_ns for k in committed} == mtimes
     assert f"({len(committed)} already rendered, skipped)" in cli("logs", resumed, "--address", ray_head).output
 
