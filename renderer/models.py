@@ -84,10 +84,20 @@ def _refuse_custom_code(name: str, index: dict) -> None:
                           "checkpoint is never run; only diffusers' own pipeline classes load")
     for component, value in index.items():
         library = value[0] if isinstance(value, list) and value else None
-        if not component.startswith("_") and library is not None and library not in COMPONENT_LIBRARIES:
+        if not component.startswith("_") and library is not None and not _installed_library(library):
             raise RowRejected("model", name, f"model_index.json: component {component!r} comes from {library!r} "
                               f"({value!r}): code from a checkpoint is never run; components load only from "
                               f"{' and '.join(COMPONENT_LIBRARIES)}")
+
+
+def _installed_library(library: str) -> bool:
+    """diffusers or transformers, or one of diffusers' own pipeline modules, which model_index.json names bare
+    (a safety checker comes from 'stable_diffusion', i.e. diffusers.pipelines.stable_diffusion)."""
+    import importlib.util
+
+    if library in COMPONENT_LIBRARIES:
+        return True
+    return library.isidentifier() and importlib.util.find_spec(f"diffusers.pipelines.{library}") is not None
 
 
 def read_model_config(location: str, subfolder: str) -> dict:

@@ -284,7 +284,7 @@ class Family(ABC):
             set_forward_chunking(unet, params.get("forward_chunking"))
         if "vae_float32" in self.memory_options:
             set_vae_float32(vae, unet.dtype, bool(params.get("vae_float32")))
-        if self.step_cache:
+        if self.step_cache and hasattr(unet, "step_cache"):  # a second-stage upscaler has none: it runs uncached
             unet.step_cache.reset(params.get("step_cache"))
 
 
