@@ -5,7 +5,7 @@ faults, each `{"point": P, "fault": F, "id": ROW_ID, "times": N}` (`times` omitt
 
 | point    | fault         | what happens                                                              |
 |----------|---------------|---------------------------------------------------------------------------|
-| render   | kill          | the actor process is killed (SIGKILL) before the row's pipeline call        |
+| render   | kill          | the actor process is killed (SIGKILL) half a second into the row's render   |
 | render   | hang          | the actor sleeps for an hour instead of rendering                          |
 | render   | raise         | the render raises RuntimeError                                             |
 | render   | cuda_error    | the render raises the error a poisoned CUDA context raises                 |
@@ -70,7 +70,8 @@ def fired(point: str | None = None, row_id: str | None = None, fault: str | None
 def at_render(row_id: str) -> None:
     """Before a row's (or chunk's) pipeline call in the actor."""
     fault = due("render", row_id)
-    if fault == "kill":
+    if fault == "kill":  # a moment into the row, as a crash inside the denoising loop would come
+        time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault == "hang":
         time.sleep(3600)
