@@ -2,7 +2,7 @@
 actors spread on several simulated Ray nodes. It measures orchestration only, NOT rendering.
 
     python bench/scaling.py OUT.json [--actors 1,2,4,8,16,32,64] [--step-seconds 2] [--rows-per-actor 8]
-                                     [--nodes 4] [--model tiny-animatediff] [--keep DIR]
+                                     [--nodes 4] [--cpus-per-gpu 4] [--model tiny-animatediff] [--keep DIR]
 
 A `ray.cluster_utils.Cluster` of a head that runs no actor (0 CPUs, 0 GPUs) and `--nodes` worker nodes, each
 declaring logical GPUs (no real GPU is used), so the run places its actors exactly as on a GPU cluster: one
@@ -115,15 +115,17 @@ def node_ports() -> dict:
                 metrics_export_port=free_port(), runtime_env_agent_port=free_port())
 
 
-def start_cluster(nodes: int, slots: int):
-    """A head with nothing to offer actors and `nodes` nodes of `slots` logical GPUs (and a CPU per GPU, as
-    each actor takes one); the driver (this process) joins it."""
+def start_cluster(nodes: int, slots: int, cpus_per_gpu: int):
+    """A head with nothing to offer actors and `nodes` nodes of `slots` logical GPUs and `cpus_per_gpu` logical
+    CPUs per GPU; the driver (this process) joins it. Each actor takes one CPU. Declare the CPUs a GPU node has:
+    Ray keeps idle workers only up to a node's CPUs not taken, so on a node declaring one CPU per GPU every
+    encode worker is killed once idle for a second and the next encode starts a new Python process."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, num_gpus=0, include_dashboard=False,
                                                                 **node_ports()))
     for _ in range(nodes):
-        cluster.add_node(num_cpus=slots, num_gpus=slots, **node_ports())
+        cluster.add_node(num_cpus=slots * cpus_per_gpu, num_gpus=slots, **node_ports())
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING")
     return cluster
@@ -184,6 +186,8 @@ def main():
     parser.add_argument("--step-seconds", type=float, default=2.0)
     parser.add_argument("--rows-per-actor", type=int, default=8)
     parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--cpus-per-gpu", type=int, default=4, help="logical CPUs each simulated node declares per "
+                        "GPU (GPU servers have 8-24; the GPU machine of ../shared/GPU.md has 16)")
     parser.add_argument("--model", default="tiny-animatediff", help="a preset name for the requests; never loaded")
     parser.add_argument("--keep", type=Path, help="write the tables, videos and metadata here (default: a temporary "
                                                   "folder, removed at the end)")
@@ -191,7 +195,7 @@ def main():
     counts = [int(n) for n in args.actors.split(",")]
 
     load_before = os.getloadavg()
-    cluster = start_cluster(args.nodes, math.ceil(max(counts) / args.nodes))
+    cluster = start_cluster(args.nodes, math.ceil(max(counts) / args.nodes), args.cpus_per_gpu)
     try:
         with tempfile.TemporaryDirectory() as temporary:
             scratch = args.keep or Path(temporary)
@@ -207,6 +211,7 @@ def main():
                           "each render is a fixed sleep in a stand-in actor",
               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
               "step_seconds": args.step_seconds, "rows_per_actor": args.rows_per_actor, "nodes": args.nodes,
+              "cpus_per_gpu": args.cpus_per_gpu,
               "frames_per_row": FRAMES, "frame_size": SIZE, "cpu_cores": os.cpu_count(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "results": results}
     print_table(report)

@@ -14,6 +14,7 @@ faults, each `{"point": P, "fault": F, "id": ROW_ID, "times": N}` (`times` omitt
 | output   | black         | the pipeline's output frames are all black                                 |
 | encode   | kill          | the encode worker is killed after writing half the frames                  |
 | encode   | enospc        | the encode's write fails with "No space left on device" half way through   |
+| encode   | slow          | the encode pauses 5 seconds half way through (a slow disk or a busy CPU)    |
 | metadata | enospc        | writing metadata.parquet fails with "No space left on device" half way     |
 
 Every firing appends one JSON line to `$RENDER_FAULTS_LOG` (a file path; required), so a test first proves
@@ -30,6 +31,7 @@ import time
 
 VARIABLES = ("RENDER_FAULTS", "RENDER_FAULTS_LOG")
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by RENDER_FAULTS)"
+SLOW_WRITE_S = 5.0
 CUDA_ERROR_MESSAGE = "CUDA error: an illegal memory access was encountered (injected by RENDER_FAULTS)"
 
 
@@ -104,3 +106,5 @@ def at_write(point: str, row_id: str, done: float) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    elif fault == "slow":
+        time.sleep(SLOW_WRITE_S)

@@ -1,6 +1,7 @@
 """The metadata table: one record per input id, rewritten atomically, and what resume trusts."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -8,8 +9,10 @@ from pathlib import Path
 
 from . import faults, storage
 from .errors import WriteFailed
-from .paths import METADATA_FILE
+from .paths import METADATA_FILE, VIDEOS_DIR
 from .request import RenderRequest
+
+WRITE_SHARE_INVERSE = 20  # the next flush waits at least 20 times as long as the last write took
 
 FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
     "id": "string", "status": "string", "error": "string", "video_path": "string", "model": "string",
@@ -34,7 +37,7 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "model": request.model, "prompt": request.prompt, "family": request.family, "seed": request.seed,
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
         "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
-        "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint(),
+        "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint,
         "recoveries": info.get("recoveries") or None, "prompt_truncated": info.get("prompt_truncated"),
         "finished_at": time.time(),
         "chunk_mode": request.chunk_mode,
@@ -58,51 +61,109 @@ def rejected_record(row: dict, error: str) -> dict:
 
 
 class MetadataStore:
-    """Holds the records of a run and writes `metadata.parquet` atomically, at most every few seconds."""
+    """The run's records, one per input id, and `metadata.parquet`, replaced atomically every few seconds.
+
+    Records are kept as Arrow tables, not one dict per record, and a flush converts only the records added
+    since the last one (bench/table_scale.py). Writing a big table still takes a while (0.6 s for a million
+    rows), so flushes are spaced to keep them to a twentieth of the driver's time."""
 
     def __init__(self, out_dir: str | Path, resume: bool = True, flush_every: float = 5.0):
         self.path = storage.join(out_dir, METADATA_FILE)
         self.out_dir = out_dir
         self.flush_every = flush_every
-        self.records: dict[str, dict] = {}
-        self.previous = self._read_previous() if resume else {}
+        self._interval = flush_every
+        self._previous = self._read_previous() if resume else _empty()
+        self._previous_rows = {row_id: i for i, row_id in enumerate(self._previous.column("id").to_pylist())}
+        self._videos: set[str] | None = None  # the video files in place, listed on first need
+        self._table = _empty()  # the records converted so far
+        self._pending: list[dict] = []  # records added since the last conversion
+        self._carried: list[int] = []  # rows of the previous table kept since the last conversion
         self._last_flush = time.monotonic()
 
-    def committed(self, request: RenderRequest) -> dict | None:
-        """The previous run's record if this exact request is already rendered and its video is in place."""
-        prev = self.previous.get(request.id)
-        if prev and prev["status"] == "ok" and prev.get("fingerprint") == request.fingerprint() \
-                and storage.is_file(storage.join(self.out_dir, prev["video_path"])):
-            return prev
-        return None
+    def carry(self, request: RenderRequest) -> bool:
+        """Keep the previous run's record if this exact request is already rendered and its video is in place."""
+        row = self._previous_rows.get(request.id)
+        if row is None:
+            return False
+        status, fingerprint, video_path = (self._previous.column(name)[row].as_py()
+                                           for name in ("status", "fingerprint", "video_path"))
+        if status != "ok" or fingerprint != request.fingerprint or video_path is None:
+            return False
+        if self._videos is None:
+            self._videos = {f"{VIDEOS_DIR}/{name}" for name in storage.file_names(storage.join(self.out_dir, VIDEOS_DIR))}
+        if video_path not in self._videos:
+            return False
+        self._carried.append(row)
+        return True
 
     def add(self, record: dict) -> None:
-        self.records[record["id"]] = record
-        if time.monotonic() - self._last_flush >= self.flush_every:
+        self._pending.append(record)
+        if time.monotonic() - self._last_flush >= self._interval:
             try:
                 self.flush()
             except WriteFailed as exc:  # the run goes on: the records are kept and written by a later flush
                 print(f"warning: {exc}; the previous {METADATA_FILE} stays until a later write succeeds",
                       file=sys.stderr)
 
-    def flush(self, order: list[str] | None = None) -> None:
-        """Replace the file atomically; on failure (WriteFailed) the previous one stays intact and readable."""
-        import pyarrow as pa
+    def flush(self, order: list[str] | None = None):
+        """Replace the file atomically, its rows in `order` (ids) when given; on failure (WriteFailed) the previous
+        one stays intact and readable. Returns the table written."""
         import pyarrow.parquet as pq
 
-        ids = order if order is not None else list(self.records)
-        rows = [{name: self.records[i].get(name) for name in FIELDS} for i in ids if i in self.records]
-        schema = pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
-        self._last_flush = time.monotonic()  # a failing write is not retried at every record either
-        with storage.writing(self.path) as temp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), temp)
-            faults.at_write("metadata", METADATA_FILE, 1.0)
-
-    def _read_previous(self) -> dict[str, dict]:
-        if storage.kind(self.path) is None:
-            return {}
+        table = self._converted()
+        if order is not None:
+            position = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
+            table = table.take([position[row_id] for row_id in order if row_id in position])
+        start = time.monotonic()
         try:
-            return {r["id"]: r for r in storage.read_parquet(self.path).to_pylist()}
+            with storage.writing(self.path) as temp:
+                pq.write_table(table, temp)
+                faults.at_write("metadata", METADATA_FILE, 1.0)
+        finally:  # a failing write is not retried at every record either
+            self._last_flush = time.monotonic()
+            self._interval = max(self.flush_every, WRITE_SHARE_INVERSE * (self._last_flush - start))
+        return table
+
+    def _converted(self):
+        """Every record so far as one table, converting only what was added since the last call."""
+        import pyarrow as pa
+
+        parts = [self._table]
+        if self._carried:
+            parts.append(self._previous.take(self._carried))
+        if self._pending:
+            parts.append(pa.Table.from_pylist([{name: r.get(name) for name in FIELDS} for r in self._pending],
+                                              schema=schema()))
+        self._table = pa.concat_tables(parts)
+        self._carried, self._pending = [], []
+        return self._table
+
+    def _read_previous(self):
+        if storage.kind(self.path) is None:
+            return _empty()
+        try:
+            return _conformed(storage.read_parquet(self.path))
         except Exception as exc:
             print(f"warning: ignoring unreadable {self.path} ({exc}); every row renders again", file=sys.stderr)
-            return {}
+            return _empty()
+
+
+@functools.lru_cache(maxsize=None)
+def schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, _arrow_type(kind)) for name, kind in FIELDS.items()])
+
+
+def _empty():
+    return schema().empty_table()
+
+
+def _conformed(table):
+    """A previous run's table in this version's schema: columns it lacks are null, columns it has extra are
+    dropped. Raises when a column cannot be cast (not a table this tool wrote)."""
+    import pyarrow as pa
+
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+               for f in schema()]
+    return pa.Table.from_arrays(columns, schema=schema())

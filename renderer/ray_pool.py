@@ -20,7 +20,8 @@ from .errors import BadOutput, RowRejected, WriteFailed
 from .scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
 
 ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
-TASKS_QUEUED_PER_ACTOR = 2  # one rendering, one waiting: the actor never idles between tasks
+TASKS_QUEUED_PER_ACTOR = 2  # on the actor: one rendering, one waiting, so it never idles between tasks
+ENCODES_PER_ACTOR = 2  # per actor: rendered rows whose frames may wait in the object store for their encode
 DEATH_SETTLE_S = 10.0  # after an actor died, how long its calls may take to report it
 
 
@@ -147,13 +148,18 @@ class ActorPool:
             raise ModelLoadError(f"model {model!r} failed to load: {describe(exc)}") from None
 
     @property
-    def capacity(self) -> int:
-        return sum(TASKS_QUEUED_PER_ACTOR for slot in self.slots if slot.restarting is None)
+    def free(self) -> int:
+        """How many more tasks the live actors take now. An actor is fed again as soon as a render returns, not
+        once its video is encoded, so slow encoding never idles it; but when encoding falls behind, no more than
+        ENCODES_PER_ACTOR rendered rows per actor wait for it, holding their frames in the object store."""
+        live = [slot for slot in self.slots if slot.restarting is None]
+        on_actors = sum(TASKS_QUEUED_PER_ACTOR - len(slot.running) for slot in live)
+        return min(on_actors, len(live) * (TASKS_QUEUED_PER_ACTOR + ENCODES_PER_ACTOR) - len(self.tickets))
 
     def submit(self, task: Task) -> ray.ObjectRef:
-        """Queue a task on the actor with the shortest queue: a whole row or a stitch ends in an encode task
-        (its ticket); a chunk's ticket is its info, and its output stays in the object store for the stitch."""
-        slot = min((s for s in self.slots if s.restarting is None), key=lambda s: len(s.queue))
+        """Queue a task on the live actor with the fewest unreturned calls: a whole row or a stitch ends in an
+        encode task (its ticket); a chunk's ticket is its info, and its output stays in the object store."""
+        slot = min((s for s in self.slots if s.restarting is None), key=lambda s: len(s.running))
         request = task.request
         if task.whole_row or task.chunk == STITCH:
             frames, call = (slot.actor.render.remote(request) if task.whole_row
@@ -174,7 +180,9 @@ class ActorPool:
 
     def wait(self, timeout: float) -> list[tuple[ray.ObjectRef, Outcome]]:
         restarting = {s.restarting: s for s in self.slots if s.restarting is not None}
-        waiting = [*self.tickets, *restarting]
+        # also wakes when an actor call returns: that actor takes its next task before the encode is done
+        returning = {s.running[0].call for s in self.slots if s.running and s.restarting is None}
+        waiting = list({*self.tickets, *restarting, *returning})
         if not waiting:
             return []
         ready, _ = ray.wait(waiting, num_returns=1, timeout=timeout)

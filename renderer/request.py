@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 
 from .chunks import CHAIN, Chunk, plan_chunks
@@ -55,9 +56,11 @@ class RenderRequest:
     def video_path(self) -> str:
         return video_relpath(self.id)
 
+    @cached_property  # once per request: the resume check and the record both need it, a million times a run
     def fingerprint(self) -> str:
         """Digest of everything the frames depend on; resume re-renders a row whose fingerprint changed."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["plan"] = [{"index": c.index, "start": c.start, "end": c.end} for c in self.plan]
         data["image"] = input_identity(self.image) if self.image is not None else None
         data["video"] = input_identity(self.video) if self.video is not None else None
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

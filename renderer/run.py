@@ -113,29 +113,23 @@ def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None]
 
 
 def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSummary:
+    import pyarrow.compute as pc
+
     store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
     breaker = WriteBreaker()
     for record in plan.rejected:
         store.add(record)
-    todo = []
-    for request in plan.requests:
-        previous = store.committed(request)
-        if previous:
-            store.add(previous)
-            summary.skipped += 1
-        else:
-            todo.append(request)
+    todo = [request for request in plan.requests if not store.carry(request)]
+    summary.skipped = len(plan.requests) - len(todo)
     try:
         _render(todo, config, store, connect, breaker, actor_class)
     finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
-        store.flush(order=plan.ids)  # raises WriteFailed when it cannot: the previous file stays intact
+        table = store.flush(order=plan.ids)  # raises WriteFailed when it cannot: the previous file stays intact
     summary.stopped = breaker.reason
-    for row_id in plan.ids:
-        record = store.records[row_id]
-        summary.counts[record["status"]] += 1
-        if record["status"] != "ok" and len(summary.errors) < 5:
-            summary.errors.append((row_id, record["error"]))
+    summary.counts.update(table.column("status").to_pylist())
+    failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)
+    summary.errors = list(zip(failed.column("id").to_pylist(), failed.column("error").to_pylist()))
     return summary
 
 
@@ -206,5 +200,7 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
         raise ConfigError(f"--dtype {config.dtype} needs CUDA: the CPU always runs float32")
     default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
     actors = config.actors or default
-    threads = max(1, int(resources.get("CPU", os.cpu_count() or 1)) // actors)
+    # a share of the cluster's CPUs, but never more than one node has: an actor runs on one node
+    largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    threads = max(1, min(int(resources.get("CPU", os.cpu_count() or 1)) // actors, int(largest_node)))
     return device, actors, threads

@@ -2,8 +2,8 @@
 
 A row is a small DAG of tasks. A row that fits its model's window is one task. A long row is one task
 per chunk (all at once when the chunks are anchored, one after another when they are chained) and then
-a stitch task that blends them into the video. The scheduler keeps at most `executor.capacity` tasks
-in flight, older rows first, streams new rows in as capacity frees, retries a task that raised or whose
+a stitch task that blends them into the video. The scheduler submits tasks while `executor.free` says the
+executor takes more, older rows first, streams new rows in as workers free up, retries a task that raised or whose
 worker died until `max_attempts`, and reports every row's final outcome exactly once. When the output
 storage keeps failing (WriteBreaker) it stops taking new work and reports the rows it did not render.
 """
@@ -43,7 +43,7 @@ class Task:
 
 
 class Executor(Protocol):
-    capacity: int  # tasks it accepts in flight now (may shrink while workers restart)
+    free: int  # how many more tasks it accepts now (none while every worker restarts)
 
     def submit(self, task: Task) -> Hashable: ...
 
@@ -118,7 +118,7 @@ class Scheduler:
         exhausted = False
         while True:
             exhausted = self._fill(rows, incoming, in_flight) or exhausted
-            # "nothing in flight" alone is no end: while every worker restarts the capacity is 0
+            # "nothing in flight" alone is no end: while every worker restarts nothing can be submitted
             if not in_flight and (self.breaker.reason or (exhausted and not rows)):
                 break
             for ticket, outcome in self.executor.wait(timeout=0.5):
@@ -141,7 +141,7 @@ class Scheduler:
     def _fill(self, rows: deque, incoming, in_flight: dict) -> bool:
         """Submit ready tasks, older rows first; start a new row only when no started row has one ready.
         Nothing once the breaker tripped. True when `incoming` turned out to be exhausted."""
-        while len(in_flight) < self.executor.capacity and not self.breaker.reason:
+        while self.executor.free > 0 and not self.breaker.reason:
             row = next((r for r in rows if r.waiting), None)
             if row is None:
                 request = next(incoming, None)

@@ -76,6 +76,21 @@ def stat(location) -> tuple[int, int]:
     return info.size, info.mtime_ns
 
 
+def file_names(folder) -> set[str]:
+    """The names of the files directly in a folder or under a prefix (empty when there is none): one listing,
+    where checking a million files one by one would cost a million stats, or requests to an object store."""
+    if not is_uri(folder):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            with os.scandir(folder) as entries:
+                return {entry.name for entry in entries if entry.is_file()}
+        return set()
+    from pyarrow.fs import FileSelector
+
+    filesystem, path = _fs(folder)
+    infos = filesystem.get_file_info(FileSelector(path, allow_not_found=True))
+    return {posixpath.basename(info.path) for info in infos if info.type.name == "File"}
+
+
 def read_bytes(location) -> bytes:
     if not is_uri(location):
         return Path(location).read_bytes()

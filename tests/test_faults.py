@@ -142,6 +142,21 @@ def ok_records(out: Path) -> set[str]:
     return {r["id"] for r in pq.read_table(path).to_pylist() if r["status"] == "ok"}
 
 
+def test_slow_encodes_never_idle_the_actor(ray_session, tmp_path, inject):
+    """Two videos stuck in their encode (a slow disk) hold the rows the actor queue allowed before; the actor
+    still takes the next rows as soon as its renders return."""
+    inject(*({"point": "encode", "fault": "slow", "id": row_id, "times": 1} for row_id in ("slow1", "slow2")))
+    ids = ["slow1", "slow2", "next1", "next2"]
+    out = tmp_path / "out"
+    summary = run(RunConfig((table(tmp_path, ids),), out, model=MODEL, actors=1))
+    assert len(faults.fired("encode", fault="slow")) == 2
+    records = check_invariants(out, ids, summary.exit_code)
+    assert summary.counts == {"ok": 4}
+    # rendered and written while both slow encodes were still paused
+    assert max(records[i]["finished_at"] for i in ("next1", "next2")) < \
+        min(records[i]["finished_at"] for i in ("slow1", "slow2"))
+
+
 def test_a_full_disk_fails_the_row_naming_the_path_after_max_attempts_and_leaves_no_partial_file(ray_session, tmp_path,
                                                                                                  inject):
     inject({"point": "encode", "fault": "enospc", "id": "full"})

@@ -50,3 +50,15 @@ def test_a_node_removed_mid_run_has_its_rows_rendered_elsewhere(cluster, tmp_pat
     assert len({r["actor"] for r in records.values()}) == 3  # the rows were spread over the three nodes' actors
     assert any(r["attempts"] == 2 for r in records.values()), output  # the row its actor was rendering, again
     assert "done: 18 ok" in output
+
+
+def test_one_cpu_actor_on_a_cluster_of_small_nodes_asks_for_no_more_cpus_than_a_node_has(cluster, tmp_path):
+    cluster, _ = cluster  # three CPUs in all, one per node: an actor asking for all three would never start
+    rows = [dict(id=f"r{i}", prompt=f"scene {i}", num_frames=6, num_inference_steps=2) for i in range(2)]
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", str(write_table(tmp_path / "t.parquet", rows)), "--out", str(out),
+         "--address", cluster.address, "--model", "tiny-animatediff"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_invariants(out, [row["id"] for row in rows], result.returncode)

@@ -76,6 +76,34 @@ def test_resume_renders_only_what_is_missing_or_changed(ray_session, tmp_path):
     check_invariants(out, [row["id"] for row in rows], grown.exit_code)
 
 
+def test_resume_reads_an_older_metadata_file_and_rerenders_a_deleted_video(ray_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from renderer.metadata import FIELDS
+
+    rows = [dict(id=f"r{i}", prompt=f"scene {i}", **FAST) for i in range(3)]
+    out = tmp_path / "out"
+    config = RunConfig((str(write_table(tmp_path / "t.parquet", rows)),), out, model="tiny-animatediff")
+    assert run(config).counts == {"ok": 3}
+    # as an earlier version wrote it: without the newer columns, with one this version no longer writes
+    older = pq.read_table(out / "metadata.parquet").drop_columns(["recoveries", "prompt_truncated", "finished_at"])
+    pq.write_table(older.append_column("legacy", pa.array(["x"] * 3)), out / "metadata.parquet")
+    (out / video_relpath("r1")).unlink()
+    before = mtimes(out)
+
+    again = run(config)
+    assert again.skipped == 2 and again.counts == {"ok": 3}
+    changed = {name for name, mtime in mtimes(out).items() if before.get(name) != mtime}
+    assert changed == {Path(video_relpath("r1")).name}
+    table = pq.read_table(out / "metadata.parquet")
+    assert table.column_names == list(FIELDS)
+    kept = table.filter(pc.not_equal(table.column("id"), "r1"))
+    assert kept.column("finished_at").null_count == 2  # carried as they were: the old file had no such column
+    check_invariants(out, [row["id"] for row in rows], again.exit_code)
+
+
 def test_frames_do_not_depend_on_actor_count_or_row_order(ray_session, tmp_path):
     rows = [dict(id=f"s{i}", prompt=f"a boat {i}", **FAST) for i in range(4)]
     one = render(write_table(tmp_path / "a.parquet", rows), tmp_path / "one", "--model", "tiny-animatediff",

@@ -37,6 +37,10 @@ class ScriptedExecutor:
         self.max_running = max(self.max_running, len(self.running))
         return ticket
 
+    @property
+    def free(self):
+        return self.capacity - len(self.running)
+
     def wait(self, timeout):
         ticket, task = self.running.pop(0)
         statuses = self.script.get(name(task), [OK])
