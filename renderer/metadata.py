@@ -108,12 +108,13 @@ class MetadataStore:
     def flush(self, order: list[str] | None = None):
         """Replace the file atomically, its rows in `order` (ids) when given; on failure (WriteFailed) the previous
         one stays intact and readable. Returns the table written."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = self._converted()
         if order is not None:
             position = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
-            table = table.take([position[row_id] for row_id in order if row_id in position])
+            table = table.take(pa.array([position[row_id] for row_id in order if row_id in position], pa.int64()))
         start = time.monotonic()
         try:
             with storage.writing(self.path) as temp:
