@@ -9,8 +9,8 @@ Modes (each in its own process, one after another on the same machine):
   default        `render run` with default options (and the guide's call arguments, e.g. SVD decode_chunk_size 8)
   bf16           default, in bfloat16
   compile        default, with --compile (the denoiser's blocks compiled at actor start)
-  cache          default, with the step cache (params step_cache=3, DeepCache)
-  compile+cache  both
+  cache          default, with the step cache (params step_cache=3, DeepCache); cacheN: interval N (2-10)
+  compile+cache  both; compile+cacheN: with interval N
 Workloads: svd-xt (576x1024, 25 frames, 25 steps), animatediff (512x512, 16 frames, 25 steps), long (one
 AnimateDiff row of 64 frames: `render run` renders 5 anchored chunks; the bare loop uses diffusers' FreeNoise,
 the guide's way to make a video longer than the window in one call).
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,24 @@ MODES = {  # name -> (RunConfig options, extra params per row)
     "cache": ({}, {"step_cache": 3}),
     "compile+cache": ({"compile": True}, {"step_cache": 3}),
 }
+CACHE_MODE = re.compile(r"(compile\+)?cache(\d*)")
+
+
+def mode_settings(mode: str) -> tuple[dict, dict]:
+    """(RunConfig options, extra params per row) of a mode: one of MODES, or cacheN / compile+cacheN."""
+    cached = CACHE_MODE.fullmatch(mode)
+    if cached and cached[2]:
+        options, _ = MODES[mode.removesuffix(cached[2])]
+        return options, {"step_cache": int(cached[2])}
+    return MODES[mode]
+
+
+def uncached(mode: str) -> str | None:
+    """The mode a cached mode's PSNR is measured against: the same options without the cache."""
+    cached = CACHE_MODE.fullmatch(mode)
+    return None if not cached else "compile" if cached[1] else "default"
+
+
 PROMPT = "a lighthouse on a cliff at sunset, waves rolling in, cinematic"
 
 
@@ -143,7 +162,7 @@ def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path)
 
     from renderer.run import RunConfig, run
 
-    options, extra = MODES[mode]
+    options, extra = mode_settings(mode)
     table_rows = [{**{k: v for k, v in r.items() if k != "params"}, "params": json.dumps({**r["params"], **extra})}
                   for r in rows]
     table = folder / f"{workload}.{mode}.parquet"
@@ -244,6 +263,9 @@ def main():
         return child(args)
     if args.chart:
         return chart(args.out)
+    unknown = [m for m in args.modes.split(",") if m != "bare" and m not in MODES and not CACHE_MODE.fullmatch(m)]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}: use bare, {', '.join(MODES)}, cacheN or compile+cacheN")
     args.out.mkdir(parents=True, exist_ok=True)
     conditioning_image(args.out / "cond.png")
     report_path = args.out / "speed.json"
@@ -290,7 +312,7 @@ def complete(report: dict, workload: str, steps: int) -> None:
             entry["vs_bare"] = entries["bare"]["s_per_video"] / entry["s_per_video"]
         if flops:
             entry["denoiser_tflops"] = flops * steps / entry["s_per_video"] / 1e12
-        reference = entries.get(mode.replace("cache", "").rstrip("+") or "default") if "cache" in mode else None
+        reference = entries.get(uncached(mode))
         if reference is not None and "psnr_db_vs_uncached" not in entry:  # the videos are read back once
             scores = [psnr(reference["videos_paths"][i], entry["videos_paths"][i]) for i in entry["videos_paths"]]
             entry["psnr_db_vs_uncached"] = float(np.mean(scores))

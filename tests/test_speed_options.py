@@ -65,14 +65,14 @@ def test_dtype_needs_cuda(ray_session, tmp_path):
 def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):
     out = tmp_path / "bench"
     subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), str(out), "--preset", "tiny", "--size", "64x64",
-                    "--steps", "2", "--rows", "2", "--workloads", "animatediff", "--modes", "bare,default,cache"],
+                    "--steps", "2", "--rows", "2", "--workloads", "animatediff", "--modes", "bare,default,cache4"],
                    check=True, timeout=900)
     report = json.loads((out / "speed.json").read_text())
     results = {r["mode"]: r for r in report["results"]}
-    assert set(results) == {"bare", "default", "cache"}
+    assert set(results) == {"bare", "default", "cache4"}
     for mode, r in results.items():
         assert r["videos"] == 2 and r["s_per_video"] > 0 and r["vs_bare"] > 0 and r["denoiser_tflops"] > 0
         for path in r["videos_paths"].values():
             assert read_mp4(path)[0].shape == (16, 64, 64, 3)
     assert results["bare"]["vs_bare"] == 1.0 and report["unet_flops_per_step"]["animatediff"] > 0
-    assert results["cache"]["psnr_reference"] == "default" and results["cache"]["psnr_db_vs_uncached"] > 10
+    assert results["cache4"]["psnr_reference"] == "default" and results["cache4"]["psnr_db_vs_uncached"] > 10
