@@ -8,7 +8,7 @@ Modes (each in its own process, one after another on the same machine):
                  with a seeded generator, each video written by diffusers' export_to_video before the next row
   default        `render run` with default options (and the guide's call arguments, e.g. SVD decode_chunk_size 8)
   bf16           default, in bfloat16
-  compile        default, with --compile (the denoiser's blocks compiled at actor start)
+  compile        default, with --compile (the denoiser compiled at actor start)
   cache          default, with the step cache (params step_cache=3, DeepCache); cacheN: interval N (2-10)
   compile+cache  both; compile+cacheN: with interval N
 Workloads: svd-xt (576x1024, 25 frames, 25 steps), animatediff (512x512, 16 frames, 25 steps), long (one

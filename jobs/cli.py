@@ -52,7 +52,7 @@ RUN_OPTIONS = (
     click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table."),
     click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory)."),
     click.option("--compile", "compile_", is_flag=True,
-                 help="torch.compile the denoiser's blocks; each actor compiles the model's default shape before "
+                 help="torch.compile the denoiser; each actor compiles the model's default shape before "
                       "its first row, other shapes on first use."),
     click.option("--dtype", type=click.Choice(["float16", "bfloat16"]),
                  help="Weights and activations on CUDA [default: float16]; the CPU always runs float32."),

@@ -10,7 +10,7 @@ import numpy as np
 from . import faults
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput, UnsafeCheckpoint
-from .families.step_cache import StepCache, compile_blocks
+from .families.step_cache import StepCache, compile_denoiser
 from .inputs import load_image, load_video
 from .models import ModelSpec, read_model_config, resolve_model
 from .request import RenderRequest, to_request
@@ -59,7 +59,7 @@ class Model:
 
         def frames(req):
             out = self.spec.family.generate(self.pipeline, req, image, video, self._configure(req))
-            return to_uint8(np.asarray(faults.at_output(req.id, out)))
+            return to_uint8(faults.at_output(req.id, out))
         return self._guarded(request, frames)
 
     def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
@@ -81,7 +81,7 @@ class Model:
                 if not np.isfinite(out).all():
                     raise BadOutput("nan_output: the pipeline produced NaN or infinite latents")
                 return out
-            frames = to_uint8(np.asarray(out))
+            frames = to_uint8(out)
             return colour_match(frames, first) if first is not None else frames
         return self._guarded(request, output)
 
@@ -193,14 +193,21 @@ def memory_rungs(family, request: RenderRequest, device: str, offloaded: bool = 
     return [rung for rung in rungs if rung]
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """[0, 1] floats to uint8 as diffusers' own image conversion does; bad frames never pass."""
-    if not np.isfinite(frames).all():
+def to_uint8(frames) -> np.ndarray:
+    """Float frames in [0, 1] to uint8 (F, H, W, 3) on the host, rounded as diffusers' own image conversion
+    rounds; bad frames never pass. A tensor (F, 3, H, W) is converted where it lies: from a GPU only the uint8
+    frames cross to the host, a quarter of the float bytes, and the CPU does no per-pixel work while the GPU
+    waits for the next row. A NumPy array (F, H, W, 3) (a pipeline with no tensor output) is converted as is."""
+    import torch
+
+    frames = frames.permute(0, 2, 3, 1) if torch.is_tensor(frames) else torch.from_numpy(frames)
+    video = (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    finite, lit = torch.stack([torch.isfinite(frames).all(), video.amax() > 0]).tolist()  # one wait on the GPU
+    if not finite:
         raise BadOutput("nan_output: the pipeline produced NaN or infinite values")
-    video = (frames * 255).round().clip(0, 255).astype(np.uint8)
-    if video.max() == 0:
+    if not lit:
         raise BadOutput("black_output: every frame is black")
-    return video
+    return video.contiguous().cpu().numpy()
 
 
 def absent_components(location: str) -> dict:
@@ -236,7 +243,7 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
     """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
 
     `cpu_offload` keeps each sub-model on the CPU until it runs (CUDA only: less GPU memory, slower);
-    `compile` compiles the denoiser's blocks with torch.compile (slow first call per shape, faster after);
+    `compile` compiles the denoiser with torch.compile (slow first call per shape, faster after);
     `dtype` ("float16" or "bfloat16") overrides the CUDA dtype;
     `allow_pickle` lets a checkpoint load pickle weights (.bin) where it has no safetensors: only for a
     checkpoint you trust, since unpickling can run code.
@@ -260,7 +267,7 @@ def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile:
     if cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
     if compile:
-        compile_blocks(pipeline.unet)
-    if spec.family.step_cache:  # after compiling: the cache decides in Python whether compiled blocks run
+        compile_denoiser(pipeline.unet)
+    if spec.family.step_cache:
         pipeline.unet.step_cache = StepCache(pipeline.unet)
     return Model(spec, pipeline, device, offloaded=cpu_offload)

@@ -1,5 +1,5 @@
-"""Speed options on the CPU: the step cache really skips the deep blocks and stays per row, the options are
-checked, and the speed benchmark's harness runs end to end on tiny presets (its numbers come from a GPU)."""
+"""Speed options on the CPU: the step cache really skips the deep blocks and stays per row, the compiled
+denoiser is one graph per kind of step and renders the eager frames, the options are checked, and the speed benchmark's harness runs end to end on tiny presets (its numbers come from a GPU)."""
 from __future__ import annotations
 
 import json
@@ -39,6 +39,22 @@ def test_step_cache_runs_the_deep_blocks_on_one_step_in_n_and_stays_with_its_row
     error = np.mean((plain.astype(float) - cached.astype(float)) ** 2)
     assert 0 < error and 10 * np.log10(255 ** 2 / error) > 20  # close to the uncached frames, not equal
     assert np.array_equal(animatediff.render(ROW), plain)  # the next row is not cached
+
+
+def test_compile_runs_the_denoiser_as_one_graph_per_kind_of_step_and_renders_the_eager_frames(animatediff):
+    from torch._dynamo.utils import counters
+
+    compiled = load("tiny-animatediff", compile=True)
+    counters.clear()
+    for params in ({}, {"step_cache": 3}):
+        row = {**ROW, "params": json.dumps(params)}
+        difference = np.abs(compiled.render(row).astype(int) - animatediff.render(row).astype(int))
+        assert difference.max() <= 2 and difference.mean() < 0.01  # fused kernels round a few values differently
+    assert not counters["graph_break"]  # a break would split the graph and lose fusion silently
+    # the plain step; with the cache, a full step that keeps the deep features and a step that reuses them
+    assert counters["stats"]["unique_graphs"] == 3
+    compiled.render({**ROW, "seed": 12})
+    assert counters["stats"]["unique_graphs"] == 3  # a row of a shape seen before compiles nothing
 
 
 def test_step_cache_is_checked_per_row():

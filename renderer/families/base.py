@@ -205,10 +205,11 @@ class Family(ABC):
         `image` is a PIL image and `video` a list of PIL frames of the row's size, or None."""
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
-        """Float frames (F, H, W, 3) in [0, 1] for one request: the plain diffusers call by default.
+        """Float frames in [0, 1] for one request, a tensor (F, 3, H, W) where the pipeline gives one (else an
+        array (F, H, W, 3)): the plain diffusers call by default.
 
         `overrides` replace call arguments (a chunk's latents, output_type="latent", prompt embeddings)."""
-        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
         return pipeline(**kwargs, generator=generator).frames[0]
 
     # long rows: chunks rendered separately, then stitched (see renderer/chunks.py)
@@ -218,7 +219,7 @@ class Family(ABC):
         return self.latent_frame_axis is not None and request.chunk_mode == ANCHORED
 
     def generate_chunk(self, pipeline, request, chunk, image, video, generator):
-        """One chunk of a long row: its frames (F, H, W, 3) in [0, 1], or its latents with frames first.
+        """One chunk of a long row: its float frames (as `generate` returns them), or its latents with frames first.
 
         `image` is the row's own image when anchored, the previous chunk's frame when chained; `video`
         holds the row's frames up to the chunk's end. By default the chunk is the plain call on its share
@@ -248,7 +249,7 @@ class Family(ABC):
         return noise.movedim(0, axis).unsqueeze(0).to(pipeline._execution_device, pipeline.dtype)
 
     def decode(self, pipeline, request, latents):
-        """Stitched latents (frames first) to float frames (f, H, W, 3), yielded a window of frames at a time so
+        """Stitched latents (frames first) to float frames (a tensor (f, 3, H, W)), yielded a window of frames at a time so
         a long video never holds its whole decode on the GPU."""
         import numpy as np
         import torch
@@ -259,7 +260,7 @@ class Family(ABC):
             piece = piece.unsqueeze(0).to(pipeline._execution_device, pipeline.vae.dtype)
             with torch.no_grad():
                 video = self.decode_latents(pipeline, piece)
-            yield pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
+            yield pipeline.video_processor.postprocess_video(video=video, output_type="pt")[0]
 
     def decode_latents(self, pipeline, latents):
         """The pipeline's own decode of one batch of latents, as its call does it after the last step."""

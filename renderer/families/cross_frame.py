@@ -74,8 +74,8 @@ def repeated(text: str | None, count: int) -> list[str] | None:
 @dataclass(frozen=True)
 class CrossFrameVideo(Family):
     def generate(self, pipeline, request, image, video, generator):
-        # image pipelines: one image per frame, returned as `.images` (F, H, W, 3)
-        return pipeline(**self.pipeline_kwargs(request, image, video), generator=generator, output_type="np").images
+        # image pipelines: one image per frame, returned as `.images` (F, 3, H, W)
+        return pipeline(**self.pipeline_kwargs(request, image, video), generator=generator, output_type="pt").images
 
     def generate_chunk(self, pipeline, request, chunk, image, video, generator):
         # as Text2Video-Zero's long videos: the row's frame 0 leads every chunk as the anchor all frames attend
@@ -133,7 +133,7 @@ class ControlNetVideo(CrossFrameVideo):
         noise = torch.randn(shape, generator=generator).to(pipeline.device, pipeline.dtype)
         latents = noise.repeat(len(video), 1, 1, 1)
         return pipeline(**self.pipeline_kwargs(request, image, video), latents=latents, generator=generator,
-                        output_type="np").images
+                        output_type="pt").images
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Speed options of the denoiser: a step cache (DeepCache) and compilation of its blocks.
+"""Speed options of the denoiser: a step cache (DeepCache) and its compilation.
 
 The step cache follows DeepCache (Ma et al., 2023): the deep features of a UNet change little from one
 denoising step to the next, so for `interval - 1` steps out of every `interval` only the shallow ends of the
@@ -18,15 +18,18 @@ class StepCache:
         self.interval = None  # None: off
         self.step = 0
         self.reuse = False
-        self.outputs: dict = {}  # deep block -> its output at the last full step
-        for block in (*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1]):
+        deep = (*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1])
+        # deep block -> its output at the last full step. Its keys never change: a compiled UNet's graph is
+        # specialised on them, and every full step must match the same graph
+        self.outputs: dict = dict.fromkeys(deep)
+        for block in deep:
             block.forward = self._cached(block, block.forward)
         unet.register_forward_pre_hook(self._before_step)
 
     def reset(self, interval: int | None) -> None:
         """Before a render: the row's interval (None: off), starting with a full step."""
         self.interval, self.step, self.reuse = interval, 0, False
-        self.outputs.clear()
+        self.outputs.update(dict.fromkeys(self.outputs))  # the last row's features are let go
 
     def _before_step(self, unet, args) -> None:
         self.reuse = bool(self.interval) and self.step % self.interval != 0
@@ -43,10 +46,11 @@ class StepCache:
         return run
 
 
-def compile_blocks(unet) -> None:
-    """torch.compile each block of the UNet (regional compilation): the blocks repeat, so this compiles far
-    faster than the whole UNet, and the step cache can skip compiled blocks from plain Python."""
+def compile_denoiser(unet) -> None:
+    """torch.compile the UNet's forward into one graph, fused across its blocks (no family's UNet breaks it).
+    Module hooks stay outside the graph, so the step cache's choice of step (made in its pre-hook) is a plain
+    Python value the graph is specialised on: a row with the cache compiles two more graphs once (a full step
+    that keeps the deep features, a step that reuses them), and never waits for the GPU to decide."""
     import torch
 
-    for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
-        block.forward = torch.compile(block.forward)
+    unet.forward = torch.compile(unet.forward)

@@ -43,7 +43,7 @@ class TextToVideoZero(Family):
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
         check_eta(pipeline.scheduler, request.params)
-        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
         return pipeline(**kwargs, generator=generator).images
 
     def generate_chunk(self, pipeline, request, chunk, image, video, generator):

@@ -68,7 +68,7 @@ class TextToVideoSD(Family):
         return dict(kwargs, num_frames=request.num_frames, height=request.height, width=request.width)
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
-        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "np", **overrides}
+        kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
         upscale = request.params.get("upscale")
         if video is not None:
             return video_to_video(pipeline)(**kwargs, generator=generator).frames[0]
