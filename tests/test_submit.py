@@ -97,15 +97,16 @@ def test_stop_halfway_then_submit_again_resumes_without_rendering_a_row_twice(ra
     job = submitted_id(cli(*args))
     refused = cli(*args)
     assert refused.exit_code == 2 and "already submitted" in refused.output  # while it runs
-    videos = out / "videos"
+    # stopped once a flush has recorded rows: a video on disk is recorded only once the driver collects its
+    # encode, so counting videos would race with that
     deadline = time.monotonic() + 240
-    while len(list(videos.glob("*.mp4")) if videos.is_dir() else []) < 3:
+    while not (out / "metadata.parquet").exists() or "ok" not in [r["status"] for r in read_metadata(out).values()]:
         assert time.monotonic() < deadline and wait_for(ray_head, job, ("RUNNING", "SUCCEEDED", "FAILED")) == "RUNNING"
         time.sleep(0.5)
     assert "stopping" in cli("stop", job, "--address", ray_head).output
     assert wait_for(ray_head, job) == "STOPPED"
     committed = {k: r for k, r in read_metadata(out).items() if r["status"] == "ok"}
-    assert 3 <= len(committed) < 12, "the stop came too late to leave anything to resume"
+    assert 1 <= len(committed) < 12, "the stop came too late to leave anything to resume"
     mtimes = {k: (out / r["video_path"]).stat().st_mtime_ns for k, r in committed.items()}
     assert not (out / ".render.lock").exists()
 
