@@ -1,5 +1,6 @@
 """Speed options on the CPU: the step cache really skips the deep blocks and stays per row, the compiled
-denoiser is one graph per kind of step and renders the eager frames, the options are checked, and the speed benchmark's harness runs end to end on tiny presets (its numbers come from a GPU)."""
+denoiser is one graph per kind of step and renders the eager frames, the options are checked, and the speed
+benchmark's harness runs end to end on tiny presets (its numbers come from a GPU)."""
 from __future__ import annotations
 
 import json

@@ -249,8 +249,8 @@ class Family(ABC):
         return noise.movedim(0, axis).unsqueeze(0).to(pipeline._execution_device, pipeline.dtype)
 
     def decode(self, pipeline, request, latents):
-        """Stitched latents (frames first) to float frames (a tensor (f, 3, H, W)), yielded a window of frames at a time so
-        a long video never holds its whole decode on the GPU."""
+        """Stitched latents (frames first) to float frames (a tensor (f, 3, H, W)), yielded a window of frames at
+        a time so a long video never holds its whole decode on the GPU."""
         import numpy as np
         import torch
 
