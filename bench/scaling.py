@@ -22,6 +22,7 @@ Prints a table and writes JSON. On a small machine every process of every simula
 read `machine_cpu` before blaming the driver.
 """
 import argparse
+import importlib
 import json
 import math
 import os
@@ -52,10 +53,12 @@ def fixed_time_actor(step_seconds: float, log_path: str):
     @ray.remote
     class FixedTimeActor:
         def __init__(self, model: str, device: str, threads: int, load_options: dict):
+            # a RenderActor has imported it loading its model, so its first request unpickles at once
+            importlib.import_module("renderer.request")
             self.name = f"{socket.gethostname()}:{os.getpid()}"
 
         def ready(self) -> str:
-            return self.name
+            return ray.get_runtime_context().get_node_id()
 
         @ray.method(num_returns=2)
         def render(self, request):
@@ -173,9 +176,10 @@ def lost_time(renders: list[dict], ended: float) -> dict:
             "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1), "tail_s": ended - max(r["end"] for r in renders)}
 
 
-def warm_up(args, scratch: Path) -> None:
-    """One untimed run, so the encode workers have started and imported their modules."""
-    run(RunConfig((str(write_rows(scratch / "warm.parquet", 4, args.model)),), scratch / "warm", actors=1),
+def warm_up(args, scratch: Path, actors: int) -> None:
+    """One untimed run of `actors` actors, a row each, so every node has as many encode workers started and
+    their modules imported as the largest run asks for at once: a long run has them after its first rows."""
+    run(RunConfig((str(write_rows(scratch / "warm.parquet", actors, args.model)),), scratch / "warm", actors=actors),
         actor_class=fixed_time_actor(0.0, str(scratch / "warm.jsonl")))
 
 
@@ -200,7 +204,7 @@ def main():
         with tempfile.TemporaryDirectory() as temporary:
             scratch = args.keep or Path(temporary)
             scratch.mkdir(parents=True, exist_ok=True)
-            warm_up(args, scratch)
+            warm_up(args, scratch, max(counts))
             results = [measure(n, args, scratch) for n in counts]
     finally:
         ray.shutdown()

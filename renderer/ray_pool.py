@@ -1,6 +1,6 @@
 """The Ray shell around the scheduler: GPU actors holding a loaded pipeline, and CPU encode tasks.
 
-Frames travel from the actor to the encode task by ObjectRef and never pass through the driver; the
+Frames travel from the actor to the encode task by ObjectRef, and the encode runs on the actor's node; the
 actor takes its next task while the last one is encoded. The chunks of a long row stay in the object
 store until the stitch task (on any actor) blends them. The driver only sees small records.
 """
@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import faults, storage
 from .errors import BadOutput, RowRejected, WriteFailed
@@ -45,7 +46,8 @@ class RenderActor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def ready(self) -> str:
-        return self.name
+        """The ID of the node this actor runs on: its encodes are placed there."""
+        return ray.get_runtime_context().get_node_id()
 
     @ray.method(num_returns=2)
     def render(self, request):
@@ -109,6 +111,7 @@ class Slot:
     running: deque = field(default_factory=deque)  # its Tickets whose actor call has not returned, oldest first
     since: float = 0.0  # when running[0] began executing: when its predecessor returned, or it was submitted
     generation: int = 0  # bumped when the actor dies; tickets of an older life are not charged again
+    node: str = ""  # the actor's node ID (from ready()), where its encode tasks run
     restarting: object = None  # ObjectRef of ready() while the actor comes back
 
 
@@ -142,7 +145,8 @@ class ActorPool:
         self.tickets: dict[ray.ObjectRef, Ticket] = {}
         self.outputs: dict[ray.ObjectRef, ray.ObjectRef] = {}  # a chunk's ticket -> its output
         try:
-            ray.get([slot.actor.ready.remote() for slot in self.slots])
+            for slot, node in zip(self.slots, ray.get([slot.actor.ready.remote() for slot in self.slots])):
+                slot.node = node
         except Exception as exc:
             self.shutdown()
             raise ModelLoadError(f"model {model!r} failed to load: {describe(exc)}") from None
@@ -164,7 +168,7 @@ class ActorPool:
         if task.whole_row or task.chunk == STITCH:
             frames, call = (slot.actor.render.remote(request) if task.whole_row
                             else slot.actor.stitch.remote(request, *task.parts))
-            ref = encode.options(**faults.runtime_env()).remote(
+            ref = encode.options(scheduling_strategy=next_to(slot), **faults.runtime_env()).remote(
                 frames, call, storage.join(self.out_dir, request.video_path), request.fps, request.id)
         else:
             output, call = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
@@ -262,10 +266,18 @@ class ActorPool:
 
     def _restarted(self, slot: Slot) -> None:
         try:
-            ray.get(slot.restarting)
+            slot.node = ray.get(slot.restarting)
             slot.restarting = None
         except ray.exceptions.RayError:  # died again while loading: keep waiting on its next life
             slot.restarting = slot.actor.ready.remote()
+
+
+def next_to(slot: Slot) -> NodeAffinitySchedulingStrategy:
+    """Place an encode on the node of the actor that rendered its frames. Ray's own placement follows large
+    arguments only: frames small enough to travel inline were all encoded on the driver's node, and where that
+    node declares no CPU (a cluster's head often does), Ray kills each idle worker there after a second, so
+    each encode started a new Python process. Soft: if that node is gone, anywhere."""
+    return NodeAffinitySchedulingStrategy(slot.node, soft=True)
 
 
 def died_with_actor(call: ray.ObjectRef) -> bool:
