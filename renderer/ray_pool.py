@@ -274,9 +274,9 @@ class ActorPool:
 
 def next_to(slot: Slot) -> NodeAffinitySchedulingStrategy:
     """Place an encode on the node of the actor that rendered its frames. Ray's own placement follows large
-    arguments only: frames small enough to travel inline were all encoded on the driver's node, and where that
-    node declares no CPU (a cluster's head often does), Ray kills each idle worker there after a second, so
-    each encode started a new Python process. Soft: if that node is gone, anywhere."""
+    arguments only: frames small enough to travel inline would all be encoded on the driver's node, and where
+    that node declares no CPU (a cluster's head often does), Ray kills each idle worker there after a second,
+    so each wave of encodes would start new Python processes. Soft: if that node is gone, anywhere."""
     return NodeAffinitySchedulingStrategy(slot.node, soft=True)
 
 
