@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import storage
 from .errors import RowRejected
+from .video import decode
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(//|/)")
 # a conditioning image is resized to the row's size (about 1024 px a side at most): 64 megapixels is generous,
@@ -58,40 +59,30 @@ def load_image(ref: str | bytes):
 
 
 def check_video(path: str) -> None:
-    """ffmpeg must recognise a video stream (reads the header only; an object is downloaded first, since
-    an mp4's header may sit at its end)."""
-    import imageio_ffmpeg
-
-    try:
-        with storage.local_copy(path) as local:
-            reader = imageio_ffmpeg.read_frames(local)
-            next(reader)
-            reader.close()
-    except Exception as exc:
-        raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
+    """The file must hold a video stream whose first frame FFmpeg decodes (a header alone can lie: FFmpeg
+    takes any file named .png for an image)."""
+    if not _decoded_video(path, 1):
+        raise RowRejected("video", path, "not a readable video (no frame decodes)")
 
 
 def load_video(path: str, num_frames: int, width: int, height: int) -> list:
     """The first `num_frames` frames as RGB images of the row's size."""
-    import numpy as np
-    import imageio_ffmpeg
     from PIL import Image
 
-    frames = []
-    try:
-        with storage.local_copy(path) as local:
-            reader = imageio_ffmpeg.read_frames(local, output_params=["-vf", f"scale={width}:{height}"])
-            next(reader)  # the header
-            for buffer in reader:
-                frames.append(Image.fromarray(np.frombuffer(buffer, np.uint8).reshape(height, width, 3)))
-                if len(frames) == num_frames:
-                    break
-            reader.close()
-    except Exception as exc:
-        raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
+    frames = _decoded_video(path, num_frames, (width, height))
     if len(frames) < num_frames:
         raise RowRejected("video", path, f"has {len(frames)} frames, the row asks for {num_frames}")
-    return frames
+    return [Image.fromarray(frame) for frame in frames]
+
+
+def _decoded_video(path: str, limit: int, size: tuple[int, int] | None = None) -> list:
+    """video.decode's frames; any failure to read is a RowRejected naming the value. An object is downloaded
+    first, since an mp4's header may sit at its end."""
+    try:
+        with storage.local_copy(path) as local:
+            return decode(local, limit, size)[0]
+    except Exception as exc:
+        raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
 
 
 def input_identity(ref: str | bytes) -> str:

@@ -110,7 +110,7 @@ def read_parquet(location):
 
 @contextlib.contextmanager
 def local_copy(location):
-    """A local path holding the file at `location`, for tools that only read local files (ffmpeg): an object
+    """A local path holding the file at `location`, for readers of local files only (the video decoder): an object
     is downloaded to a temporary file, removed when the block ends."""
     if not is_uri(location):
         yield str(location)

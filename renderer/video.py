@@ -1,6 +1,9 @@
-"""mp4 encoding (H.264, yuv420p) with an atomic commit, and reading a local video back."""
+"""mp4 encoding (H.264, yuv420p) with an atomic commit, and decoding, inside this process through PyAV
+(FFmpeg's libraries). Starting an ffmpeg program per video instead costs 25-30 ms of CPU each time: all of
+a small video's encode, and most of the check of a row's video (bench/video_io.py)."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +14,37 @@ from . import faults, storage
 def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> None:
     """Encode uint8 frames (F, H, W, 3) to `final` (a local path or an object URI); a crash never leaves a
     partial file there (see storage.writing). `row_id` names the row for fault injection (see faults.py)."""
-    import imageio_ffmpeg
+    import av
 
     count, height, width, _ = frames.shape
     with storage.writing(final) as temp:
-        writer = imageio_ffmpeg.write_frames(
-            str(temp), (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-            macro_block_size=2, quality=None, output_params=["-crf", "18", "-f", "mp4", "-movflags", "+faststart"],
-            ffmpeg_log_level="error")
-        try:
-            writer.send(None)
+        # faststart: the index goes first, so a player can start before the whole file has arrived
+        with av.open(str(temp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for index, frame in enumerate(frames):
                 faults.at_write("encode", row_id, index / count)
-                writer.send(np.ascontiguousarray(frame))
-        finally:
-            writer.close()
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())  # the frames the encoder still holds
+
+
+def decode(path: str | Path, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:
+    """The first `limit` frames (all when None) of the file's first video stream as uint8 RGB arrays
+    (H, W, 3), scaled to `size` (width, height) when given, and its frame rate. A file that is not a video
+    raises av's error, or ValueError when it has no video stream."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        width, height = size or (stream.codec_context.width, stream.codec_context.height)
+        frames = [frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
+                  for frame in itertools.islice(container.decode(stream), limit)]
+        return frames, float(stream.guessed_rate or 0)
 
 
 def read_mp4(path: Path) -> tuple[np.ndarray, float]:
-    """All frames (F, H, W, 3) and the frame rate, decoded by ffmpeg."""
-    import imageio_ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    width, height = meta["size"]
-    frames = [np.frombuffer(buf, np.uint8).reshape(height, width, 3) for buf in reader]
-    return np.stack(frames), float(meta["fps"])
+    """All frames (F, H, W, 3) and the frame rate."""
+    frames, fps = decode(path)
+    return np.stack(frames), fps
