@@ -73,7 +73,11 @@ def derive_seed(base_seed: int, row_id: str) -> int:
 
 
 def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, table_dir: str | Path = Path("."),
-               max_frames: int = MAX_FRAMES) -> RenderRequest:
+               max_frames: int = MAX_FRAMES, checked: set | None = None) -> RenderRequest:
+    """The row as a RenderRequest, or RowRejected naming the column, the value and the rule. `checked`: the
+    (column, file) pairs that passed their check earlier in this table, not read again (many rows often
+    share one image or source video); those passing here are added to it."""
+    checked = set() if checked is None else checked
     row_id = row["id"]
     spec = _model_spec(row.get("model"), default_model)
     family = spec.family
@@ -99,8 +103,8 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         seed=_seed(row.get("seed"), base_seed, row_id),
         prompt=_text(row, "prompt", spec),
         negative_prompt=_text(row, "negative_prompt", spec),
-        image=_conditioning(row, "image", spec, table_dir),
-        video=_conditioning(row, "video", spec, table_dir),
+        image=_conditioning(row, "image", spec, table_dir, checked),
+        video=_conditioning(row, "video", spec, table_dir, checked),
         params=params,
         chunk_mode=chunk_mode,
         plan=plan,
@@ -195,8 +199,9 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     return value
 
 
-def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path) -> str | bytes | None:
-    """The row's `image` or `video`: required, accepted or refused by the family; checked cheaply here."""
+def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path, checked: set) -> str | bytes | None:
+    """The row's `image` or `video`: required, accepted or refused by the family; checked cheaply here, unless
+    `checked` holds it already."""
     value = row.get(column)
     family = spec.family
     if value is None:
@@ -206,7 +211,11 @@ def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path
     if column not in family.inputs:
         raise RowRejected(column, value, f"family {family.name!r} takes no {column}")
     ref = input_ref(column, value, table_dir, allow_bytes=column == "image")
-    check_image(ref) if column == "image" else check_video(ref)
+    if isinstance(ref, bytes):  # an image's bytes are not kept in `checked`: hashing them costs what checking does
+        check_image(ref)
+    elif (column, ref) not in checked:
+        check_image(ref) if column == "image" else check_video(ref)
+        checked.add((column, ref))
     return ref
 
 

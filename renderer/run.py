@@ -86,11 +86,12 @@ def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = Fal
               max_frames: int = MAX_FRAMES) -> Plan:
     """Table checks (raise TableError) and row checks (become rejected records); no Ray, no torch."""
     plan = Plan([], [], [])
+    checked: set[tuple[str, str]] = set()  # (column, file) pairs that passed: each read once, however many rows
     for item in read_tables(tables, ignore_extra):
         plan.ids.append(item.row["id"])
         try:
             plan.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir,
-                                            max_frames=max_frames))
+                                            max_frames=max_frames, checked=checked))
         except RowRejected as exc:
             plan.rejected.append(rejected_record(item.row, str(exc)))
     return plan

@@ -1,4 +1,6 @@
 """Table-level problems stop the run before Ray starts: exit 2, a message naming file and column."""
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
@@ -60,3 +62,30 @@ def test_validate_lists_rejected_rows(tmp_path):
     assert result.exit_code == 1
     assert "rejected 'bad': height=60: must be divisible by 8" in result.output
     assert "2 rows: 1 ok, 1 rejected" in result.output
+
+
+def test_rows_sharing_an_input_file_read_it_once_and_a_bad_one_rejects_every_row(tmp_path, monkeypatch):
+    """Many rows often share one image or source video: planning checks each file once, as the real check."""
+    import numpy as np
+    from PIL import Image
+
+    import renderer.inputs
+    import renderer.request
+    from renderer.run import plan_rows
+    from renderer.video import write_mp4
+
+    write_mp4(np.full((4, 64, 64, 3), 120, np.uint8), tmp_path / "clip.mp4", 4)
+    (tmp_path / "bad.mp4").write_text("not a video")
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "cond.png")
+    reads = []  # every file the checks read, through the real checks
+    decode, check_image = renderer.inputs.decode, renderer.request.check_image
+    monkeypatch.setattr(renderer.inputs, "decode", lambda path, *a: reads.append(("video", path)) or decode(path, *a))
+    monkeypatch.setattr(renderer.request, "check_image", lambda ref: reads.append(("image", ref)) or check_image(ref))
+    rows = [dict(id=f"clip{i}", model="tiny-controlnet-video", prompt="x", video="clip.mp4") for i in range(4)]
+    rows += [dict(id=f"bad{i}", model="tiny-controlnet-video", prompt="x", video="bad.mp4") for i in range(2)]
+    rows += [dict(id=f"image{i}", model="tiny-svd", image="cond.png") for i in range(3)]
+    plan = plan_rows([str(write_table(tmp_path / "t.parquet", rows))], None)
+    assert sorted(r.id for r in plan.requests) == ["clip0", "clip1", "clip2", "clip3", "image0", "image1", "image2"]
+    assert {r["id"]: "not a readable video" in r["error"] for r in plan.rejected} == {"bad0": True, "bad1": True}
+    assert sorted((kind, Path(path).name) for kind, path in reads) == [
+        ("image", "cond.png"), ("video", "bad.mp4"), ("video", "bad.mp4"), ("video", "clip.mp4")]
