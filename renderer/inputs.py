@@ -76,11 +76,11 @@ def load_video(path: str, num_frames: int, width: int, height: int) -> list:
 
 
 def _decoded_video(path: str, limit: int, size: tuple[int, int] | None = None) -> list:
-    """video.decode's frames; any failure to read is a RowRejected naming the value. An object is downloaded
-    first, since an mp4's header may sit at its end."""
+    """video.decode's frames; any failure to read is a RowRejected naming the value. Of an object, only the
+    ranges the decoder asks for are fetched (its header, which may sit at its end, and its first frames)."""
     try:
-        with storage.local_copy(path) as local:
-            return decode(local, limit, size)[0]
+        with storage.opened(path) as source:
+            return decode(source, limit, size)[0]
     except Exception as exc:
         raise RowRejected("video", path, f"not a readable video ({type(exc).__name__}: {str(exc)[-200:]})") from None
 

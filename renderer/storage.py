@@ -109,19 +109,15 @@ def read_parquet(location):
 
 
 @contextlib.contextmanager
-def local_copy(location):
-    """A local path holding the file at `location`, for readers of local files only (the video decoder): an object
-    is downloaded to a temporary file, removed when the block ends."""
+def opened(location):
+    """What a reader of `location` opens: a local path as is, or an object as a seekable file, so a reader
+    that needs only part of it (a video's header and first frames) fetches only ranges of it."""
     if not is_uri(location):
         yield str(location)
         return
-    from pyarrow.fs import LocalFileSystem, copy_files
-
     filesystem, path = _fs(location)
-    with tempfile.TemporaryDirectory(prefix="render-") as folder:
-        local = os.path.join(folder, posixpath.basename(path))
-        copy_files(path, local, source_filesystem=filesystem, destination_filesystem=LocalFileSystem())
-        yield local
+    with filesystem.open_input_file(path) as file:
+        yield file
 
 
 @contextlib.contextmanager

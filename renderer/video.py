@@ -28,13 +28,15 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "")
             container.mux(stream.encode())  # the frames the encoder still holds
 
 
-def decode(path: str | Path, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:
-    """The first `limit` frames (all when None) of the file's first video stream as uint8 RGB arrays
-    (H, W, 3), scaled to `size` (width, height) when given, and its frame rate. A file that is not a video
-    raises av's error, or ValueError when it has no video stream."""
+def decode(source, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:
+    """The first `limit` frames (all when None) of the first video stream of `source` (a local path, or a
+    seekable file such as storage.opened gives) as uint8 RGB arrays (H, W, 3), scaled to `size` (width,
+    height) when given, and its frame rate. A file that is not a video raises av's error, or ValueError when
+    it has no video stream."""
     import av
 
-    with av.open(str(path)) as container:
+    # a file object is read in 1 MiB requests: one for a small video or a header, a few for a large one
+    with av.open(str(source) if isinstance(source, (str, Path)) else source, buffer_size=1 << 20) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]

@@ -128,7 +128,9 @@ def test_table_errors_on_s3_exit_2_and_write_nothing(s3_env, location):
 
 def test_row_inputs_resolve_beside_a_table_on_s3(s3_env, tmp_path):
     write_mp4(np.full((4, 64, 64, 3), 120, np.uint8), tmp_path / "clips" / "edges.mp4", 4)
+    (tmp_path / "clips" / "text.mp4").write_text("not a video")
     rows = [dict(id="ok", prompt="x", video="clips/edges.mp4"), dict(id="missing", prompt="x", video="clips/no.mp4"),
+            dict(id="not-a-video", prompt="x", video="clips/text.mp4"),
             dict(id="uri", prompt="x", video=f"s3://{BUCKET}/v/clips/edges.mp4"),
             dict(id="climbs", prompt="x", video="../../../v/clips/edges.mp4")]
     write_table(tmp_path / "t.parquet", rows)
@@ -140,6 +142,7 @@ def test_row_inputs_resolve_beside_a_table_on_s3(s3_env, tmp_path):
     errors = {r["id"]: r["error"] for r in plan.rejected}
     assert f"no such file (resolved to s3://{BUCKET}/v/clips/no.mp4)" in errors["missing"]
     assert "absolute URLs/URIs are not fetched" in errors["uri"]
+    assert "not a readable video (InvalidDataError" in errors["not-a-video"]
     assert len(load_video(requests["ok"].video, 4, 64, 64)) == 4  # as the actor loads it
 
 
