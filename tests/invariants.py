@@ -11,8 +11,9 @@ from renderer.video import read_mp4
 
 def check_invariants(out: Path, input_ids, exit_code: int) -> dict[str, dict]:
     """Each input id exactly once in the metadata; every `ok` video is an H.264 yuv420p mp4 with its index first
-    and plays with its recorded frame count, size and fps; no video at a final path without an `ok` record naming it; the exit code is 0 exactly when every
-    row is ok (1 otherwise); no temporary file left anywhere under `out`. Returns the records by id."""
+    and plays with its recorded frame count, size and fps; no video at a final path without an `ok` record
+    naming it; the exit code is 0 exactly when every row is ok (1 otherwise); no temporary file left anywhere
+    under `out`. Returns the records by id."""
     rows = pq.read_table(out / "metadata.parquet").to_pylist()
     ids = [row["id"] for row in rows]
     assert sorted(ids) == sorted(input_ids), "metadata must hold each input id exactly once"
