@@ -1,6 +1,7 @@
-"""Speed options on the CPU: the step cache really skips the deep blocks and stays per row, the compiled
-denoiser is one graph per kind of step and renders the eager frames, the options are checked, and the speed
-benchmark's harness runs end to end on tiny presets (its numbers come from a GPU)."""
+"""Speed options on the CPU: the step cache really skips the deep layers of every family's UNet, keeps the
+shallow skip connections fresh and stays per row, the compiled denoiser is one graph per kind of step and
+renders the eager frames, the options are checked, and the speed benchmarks' harnesses run end to end on tiny
+presets (their numbers come from a GPU, or count FLOPs)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT
 from renderer import RowRejected, load
@@ -29,17 +31,52 @@ def calls_of(module) -> list:
     return calls
 
 
-def test_step_cache_runs_the_deep_blocks_on_one_step_in_n_and_stays_with_its_row(animatediff):
-    unet = animatediff.pipeline.unet
-    # modules inside the blocks: a cached block is still called, but hands back its output without running them
-    deep, shallow = calls_of(unet.mid_block.resnets[0]), calls_of(unet.up_blocks[-1].resnets[0])
-    plain = animatediff.render(ROW)
-    assert (len(deep), len(shallow)) == (6, 6)
-    cached = animatediff.render({**ROW, "params": json.dumps({"step_cache": 3})})
-    assert (len(deep), len(shallow)) == (6 + 2, 6 + 6)  # steps 0 and 3 run the deep blocks, every step the shallow
+IMAGE = str(ROOT / "examples" / "images" / "dusk.png")
+CACHED_FAMILIES = {  # a row of each family with a step cache
+    "tiny-animatediff": ROW,
+    "tiny-pia": {**ROW, "image": IMAGE},
+    "tiny-i2vgenxl": {**ROW, "image": IMAGE},
+    "tiny-modelscope": ROW,
+    "tiny-svd": {"image": IMAGE, "num_frames": 6, "num_inference_steps": 6, "seed": 11},
+}
+
+
+def first_input(args, kwargs):
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+@pytest.mark.parametrize("preset", CACHED_FAMILIES)
+def test_step_cache_runs_the_deep_layers_on_one_step_in_n_and_keeps_the_shallow_skips_fresh(preset):
+    model = load(preset)
+    unet, row = model.pipeline.unet, CACHED_FAMILIES[preset]
+    first, last = unet.down_blocks[0], unet.up_blocks[-1]
+    # the first child of a cached resnet runs only on full steps (the resnet is still called, and hands back its
+    # output); the last up block's last two resnets run on every step
+    inner = lambda resnet: next(resnet.children())  # noqa: E731
+    deep = [calls_of(inner(resnet)) for resnet in (unet.mid_block.resnets[0], *first.resnets[1:], *last.resnets[:-2])]
+    shallow = [calls_of(inner(resnet)) for resnet in (first.resnets[0], *last.resnets[-2:])]
+    # the tensors the fresh up layers must take as skip connections: the first down block's input (conv_in's
+    # output) and its first layer's output
+    skips, taken = [], []
+    after_first_layer = first.resnets[1] if len(first.resnets) > 1 else first.downsamplers[0]
+    for module in (first, after_first_layer):
+        module.register_forward_pre_hook(lambda m, a, k: skips.append(first_input(a, k).clone()), with_kwargs=True)
+    for resnet in last.resnets[-2:]:
+        resnet.register_forward_pre_hook(lambda m, a, k: taken.append(first_input(a, k).clone()), with_kwargs=True)
+
+    plain = model.render(row)
+    assert [len(c) for c in deep + shallow] == [6] * (len(deep) + len(shallow))
+    skips.clear(), taken.clear()
+    cached = model.render({**row, "params": json.dumps({"step_cache": 3})})
+    assert [len(c) for c in deep] == [6 + 2] * len(deep)  # steps 0 and 3 run the deep layers
+    assert [len(c) for c in shallow] == [6 + 6] * len(shallow)
+    for step in range(6):  # concatenated in reverse: the last resnet takes conv_in's output
+        conv_in, first_layer = skips[2 * step:2 * step + 2]
+        for skip, got in ((first_layer, taken[2 * step]), (conv_in, taken[2 * step + 1])):
+            assert torch.equal(got[:, -skip.shape[1]:], skip)
     error = np.mean((plain.astype(float) - cached.astype(float)) ** 2)
     assert 0 < error and 10 * np.log10(255 ** 2 / error) > 20  # close to the uncached frames, not equal
-    assert np.array_equal(animatediff.render(ROW), plain)  # the next row is not cached
+    assert np.array_equal(model.render(row), plain)  # the next row is not cached
 
 
 def test_compile_runs_the_denoiser_as_one_graph_per_kind_of_step_and_renders_the_eager_frames(animatediff):
@@ -93,3 +130,16 @@ def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):
             assert read_mp4(path)[0].shape == (16, 64, 64, 3)
     assert results["bare"]["vs_bare"] == 1.0 and report["unet_flops_per_step"]["animatediff"] > 0
     assert results["cache4"]["psnr_reference"] == "default" and results["cache4"]["psnr_db_vs_uncached"] > 10
+
+
+def test_step_cache_flops_benchmark_counts_each_branch_on_tiny_presets(tmp_path):
+    out = tmp_path / "flops.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "step_cache_flops.py"), str(out), "--preset", "tiny",
+                    "--size", "64x64", "--frames", "4"], check=True, timeout=600)
+    results = {(r["workload"], r["branch"]): r for r in json.loads(out.read_text())["results"]}
+    for workload in ("svd-xt", "animatediff"):
+        block, shallowest = results[workload, "block"], results[workload, "shallowest"]
+        assert block["full_tflop"] == shallowest["full_tflop"] > 0  # the same UNet, uncached
+        assert 0 < shallowest["reusing_tflop"] < block["reusing_tflop"] < block["full_tflop"]
+        shares = list(shallowest["video_flops_share_by_interval"].values())
+        assert shares == sorted(shares, reverse=True) and shares[0] < 1  # longer intervals reuse more steps

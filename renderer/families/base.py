@@ -94,8 +94,8 @@ MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the
 }
 
 
-STEP_CACHE = Param(int, "DeepCache: the UNet's deep blocks run on 1 step of every N and are reused in between "
-                   "(faster; frames close to, not equal to, the uncached ones)", minimum=2, maximum=10)
+STEP_CACHE = Param(int, "DeepCache: all of the UNet but its shallowest layers runs on 1 step of every N and is "
+                   "reused in between (faster; frames close to, not equal to, the uncached ones)", minimum=2, maximum=10)
 
 
 def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
