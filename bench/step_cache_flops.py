@@ -43,17 +43,10 @@ def meta_unet(preset: str):
 
 
 def unet_inputs(workload: str, unet, frames: int, height: int, width: int) -> tuple[tuple, dict]:
-    """One UNet call's arguments as the pipeline makes them, CFG batch included."""
+    """One UNet call's arguments as the pipeline makes them, CFG batch included (made on the default device)."""
     import torch
 
     h, w, config = height // 8, width // 8, unet.config
-    with torch.device("meta"):
-        return _inputs(workload, frames, h, w, config)
-
-
-def _inputs(workload, frames, h, w, config):
-    import torch
-
     if workload == "svd-xt":  # latents (batch, frames, channels, h, w); one CLIP image embedding per video
         return (torch.empty(2, frames, config.in_channels, h, w), torch.tensor(500.0)), dict(
             encoder_hidden_states=torch.empty(2, 1, config.cross_attention_dim), added_time_ids=torch.empty(2, 3),
@@ -73,17 +66,22 @@ def count(unet, args, kwargs) -> float:
 
 
 def measure(workload: str, preset: str, shape: tuple) -> list[dict]:
+    import torch
+
     from renderer.families.step_cache import StepCache, deep_modules
 
     out = []
     for branch, modules in (("block", block_branch), ("shallowest", deep_modules)):
         unet = meta_unet(preset)
         cache = StepCache(unet, modules(unet))
-        args, kwargs = unet_inputs(workload, unet, *shape)
+        with torch.device("meta"):
+            args, kwargs = unet_inputs(workload, unet, *shape)
         cache.reset(2)
         full, reusing = count(unet, args, kwargs), count(unet, args, kwargs)
-        video = {n: round(((STEPS + n - 1) // n * full + (STEPS - (STEPS + n - 1) // n) * reusing) / (STEPS * full), 3)
-                 for n in INTERVALS}
+        video = {}
+        for n in INTERVALS:
+            whole = -(-STEPS // n)  # steps 0, n, 2n, ... run in full
+            video[n] = round((whole * full + (STEPS - whole) * reusing) / (STEPS * full), 3)
         out.append(dict(workload=workload, branch=branch, frames=shape[0], height=shape[1], width=shape[2],
                         full_tflop=full, reusing_tflop=reusing,
                         reusing_over_full=round(reusing / full, 3), video_flops_share_by_interval=video))
