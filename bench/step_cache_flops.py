@@ -20,8 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from speed import WORKLOADS  # noqa: E402  (bench/speed.py, beside this script: the shapes measured there)
 
-SHAPES = {"svd-xt": (25, 576, 1024), "animatediff": (16, 512, 512)}  # frames, height, width: bench/speed.py's
 STEPS, INTERVALS = 25, (2, 3, 4, 5)
 
 
@@ -98,7 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for workload in args.workloads.split(","):
-        frames, height, width = SHAPES[workload]
+        columns = WORKLOADS[workload][1]
+        frames, height, width = columns["num_frames"], columns["height"], columns["width"]
         if args.size:
             height, width = map(int, args.size.split("x"))
         results += measure(workload, f"{args.preset}-{workload}", (args.frames or frames, height, width))
