@@ -24,6 +24,9 @@ ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
 TASKS_QUEUED_PER_ACTOR = 2  # on the actor: one rendering, one waiting, so it never idles between tasks
 ENCODES_PER_ACTOR = 2  # per actor: rendered rows whose frames may wait in the object store for their encode
 DEATH_SETTLE_S = 10.0  # after an actor died, how long its calls may take to report it
+# before an actor exits on purpose: the reply of the call it finished just before is sent by another thread and
+# may still be on its way; exiting at once loses it, and the driver then blames that call's row for the death
+EXIT_FLUSH_S = 1.0
 
 
 @ray.remote
@@ -78,6 +81,7 @@ class RenderActor:
         except RuntimeError as exc:
             if "CUDA error" in str(exc):
                 print(f"exiting after a CUDA error; the actor restarts: {exc}", flush=True)
+                time.sleep(EXIT_FLUSH_S)
                 os._exit(70)
             raise
 
