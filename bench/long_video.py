@@ -31,7 +31,7 @@ def render_once(table: Path, out: Path, actors: int) -> dict:
     ray.init(address="local", num_cpus=actors, include_dashboard=False, logging_level="WARNING")
     try:
         start = time.perf_counter()
-        summary = run(RunConfig((str(table),), out, actors=actors, device="cpu"))
+        summary = run(RunConfig(tables=(str(table),), out=out, actors=actors, device="cpu"))
         wall = time.perf_counter() - start
     finally:
         ray.shutdown()

@@ -145,7 +145,7 @@ def measure(actors: int, args, scratch: Path) -> dict:
     rows = actors * args.rows_per_actor
     table = write_rows(scratch / f"rows-{actors}.parquet", rows, args.model)
     out, log = scratch / f"out-{actors}", scratch / f"renders-{actors}.jsonl"
-    config = RunConfig((str(table),), out, actors=actors, resume=False)
+    config = RunConfig(tables=(str(table),), out=out, actors=actors, resume=False)
     with Sampler() as sampler:
         summary = run(config, actor_class=fixed_time_actor(args.step_seconds, str(log)))
         ended = time.time()
@@ -179,7 +179,7 @@ def lost_time(renders: list[dict], ended: float) -> dict:
 def warm_up(args, scratch: Path, actors: int) -> None:
     """One untimed run of `actors` actors, a row each, so every node has as many encode workers started and
     their modules imported as the largest run asks for at once: a long run has them after its first rows."""
-    run(RunConfig((str(write_rows(scratch / "warm.parquet", actors, args.model)),), scratch / "warm", actors=actors),
+    run(RunConfig(tables=(str(write_rows(scratch / "warm.parquet", actors, args.model)),), out=scratch / "warm", actors=actors),
         actor_class=fixed_time_actor(0.0, str(scratch / "warm.jsonl")))
 
 

@@ -46,7 +46,7 @@ WORKLOADS = {  # name -> (family preset suffix, table columns, params of the gui
     "animatediff": ("animatediff", dict(num_frames=16, height=512, width=512, fps=8), {}, 6),
     "long": ("animatediff", dict(num_frames=64, height=512, width=512, fps=8), {}, 2),
 }
-MODES = {  # name -> (RunConfig options, extra params per row)
+MODES = {  # name -> (LoadOptions, extra params per row)
     "default": ({}, {}),
     "bf16": ({"dtype": "bfloat16"}, {}),
     "compile": ({"compile": True}, {}),
@@ -57,7 +57,7 @@ CACHE_MODE = re.compile(r"(compile\+)?cache(\d*)")
 
 
 def mode_settings(mode: str) -> tuple[dict, dict]:
-    """(RunConfig options, extra params per row) of a mode: one of MODES, or cacheN / compile+cacheN."""
+    """(LoadOptions fields, extra params per row) of a mode: one of MODES, or cacheN / compile+cacheN."""
     cached = CACHE_MODE.fullmatch(mode)
     if cached and cached[2]:
         options, _ = MODES[mode.removesuffix(cached[2])]
@@ -128,10 +128,12 @@ def unet_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
     from diffusers.utils import load_image
     from torch.utils.flop_counter import FlopCounterMode
 
+    from renderer import denoiser
     from renderer.chunks import plan_chunks
 
     counts = []
-    forward = pipe.unet.forward
+    unet = denoiser.primary(pipe)
+    forward = unet.forward
 
     def counted(*a, **k):
         with FlopCounterMode(display=False) as counter:
@@ -139,7 +141,7 @@ def unet_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
         counts.append(counter.get_total_flops())
         return out
 
-    pipe.unet.forward = counted
+    unet.forward = counted
     kwargs = {k: row[k] for k in ("num_frames", "height", "width")}
     if workload == "svd-xt":
         kwargs.update(image=load_image(str(folder / row["image"])), fps=row["fps"])
@@ -148,7 +150,7 @@ def unet_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
     try:
         pipe(**kwargs, num_inference_steps=1, output_type="latent", generator=torch.manual_seed(0))
     finally:
-        pipe.unet.forward = forward
+        unet.forward = forward
     # a long row denoises one window per chunk (FreeNoise: per context window; the same 5 for these settings)
     windows = len(plan_chunks(row["num_frames"], 16, 4)) if workload == "long" else 1
     return float(counts[0]) * windows
@@ -160,6 +162,7 @@ def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path)
     import pyarrow.parquet as pq
     import ray
 
+    from renderer.options import LoadOptions
     from renderer.run import RunConfig, run
 
     options, extra = mode_settings(mode)
@@ -171,7 +174,8 @@ def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path)
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: rows resumed from an earlier one would skew the timings
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never join another Ray
     try:
-        summary = run(RunConfig((str(table),), out, model=f"{args.preset}-{WORKLOADS[workload][0]}", **options))
+        model = f"{args.preset}-{WORKLOADS[workload][0]}"
+        summary = run(RunConfig(tables=(str(table),), out=out, model=model, load=LoadOptions(**options)))
     finally:
         ray.shutdown()
     records = pq.read_table(out / "metadata.parquet").to_pylist()

@@ -35,11 +35,12 @@ def meta_unet(preset: str):
     copying weights, so that one is built on the CPU first."""
     import torch
 
+    from renderer import denoiser
     from renderer.models import resolve_model
 
     spec = resolve_model(preset)
     device = "cpu" if spec.family.name == "animatediff" else "meta"
-    return spec.family.build(spec.source, device, torch.float32).unet.to("meta")
+    return denoiser.primary(spec.family.build(spec.source, device, torch.float32)).to("meta")
 
 
 def unet_inputs(workload: str, unet, frames: int, height: int, width: int) -> tuple[tuple, dict]:
@@ -68,7 +69,7 @@ def count(unet, args, kwargs) -> float:
 def measure(workload: str, preset: str, shape: tuple) -> list[dict]:
     import torch
 
-    from renderer.families.step_cache import StepCache, deep_modules
+    from renderer.step_cache import StepCache, deep_modules
 
     out = []
     for branch, modules in (("block", block_branch), ("shallowest", deep_modules)):

@@ -42,6 +42,10 @@ RUN_OPTIONS = (
     click.option("--actors", type=click.IntRange(min=1), help="Actors per model [default: one per GPU; 1 on CPU]."),
     click.option("--gpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                  help="GPU share of each actor (0.5 puts two actors on one GPU)."),
+    click.option("--threads-per-actor", type=click.IntRange(min=1),
+                 help="CPU actors: torch threads each [default: the node's CPUs shared among the actors]. The "
+                      "thread count changes the order of float sums, so pin it to compare runs of different "
+                      "actor counts frame for frame."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="auto: cuda when the cluster has GPUs."),
     click.option("--seed", type=int, default=0, show_default=True,
@@ -67,7 +71,7 @@ RUN_OPTIONS = (
                       "killed and replaced, and the rows queued behind it go on. Set it well above your slowest "
                       "row, model loading excluded [default: no limit]."),
 )
-RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "device", "seed", "max_attempts", "no_resume",
+RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "threads_per_actor", "device", "seed", "max_attempts", "no_resume",
                     "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle", "row_timeout")
 
 
@@ -90,8 +94,8 @@ def _out_location(ctx, param, value: str) -> str:
 @click.option("--address", help="Ray address of a running cluster ('auto' inside a Ray Job); "
                                 "default: start an embedded local Ray.")
 @run_options
-def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_attempts, no_resume, ignore_extra,
-        cpu_offload, compile_, max_frames, dtype, allow_pickle, row_timeout):
+def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, device, seed, max_attempts,
+        no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle, row_timeout):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -111,11 +115,15 @@ def run(tables, out, address, model, actors, gpus_per_actor, device, seed, max_a
     """
     from cluster.connect import connect
     from cluster.submit import auth_warning
-    from renderer.run import RunConfig, plan_rows, run as run_all
+    from renderer.options import LoadOptions
+    from renderer.run import RunConfig, plan_rows
+    from renderer.run import run as run_all
 
-    config = RunConfig(tuple(tables), out, model, actors, gpus_per_actor, device, seed, max_attempts,
-                       not no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle,
-                       row_timeout)
+    load = LoadOptions(cpu_offload=cpu_offload, compile=compile_, dtype=dtype, allow_pickle=allow_pickle)
+    config = RunConfig(tables=tables, out=out, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
+                       threads_per_actor=threads_per_actor, device=device, seed=seed, max_attempts=max_attempts,
+                       resume=not no_resume, ignore_extra=ignore_extra, max_frames=max_frames,
+                       row_timeout=row_timeout, load=load)
     try:  # before Ray starts
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:

@@ -1,8 +1,13 @@
-"""Long videos as chunks of a model's native window: planning, stitching, colour matching, seam metrics.
+"""Long videos as chunks of a model's native window: latent layouts, planning, stitching, colour matching,
+seam metrics.
 
 Pure numpy. Worked example: N=40 frames, window W=16, overlap O=4. Chunk starts step by W-O=12: 0, 12,
 24, and the last chunk is aligned to the end, so the chunks are [0,16), [12,28), [24,40). Frames that
 two chunks share are blended with a linear ramp, so the video has exactly N frames.
+
+Chunks are planned in latent frames, the unit a model denoises. Where a family's latents compress time (a
+diffusion transformer's VAE packs 4 video frames into one latent frame, the first one alone), the plan above
+runs over latent frames and each chunk's video frames follow from its latent ones (see LatentLayout).
 """
 from __future__ import annotations
 
@@ -14,28 +19,102 @@ ANCHORED, CHAIN = "anchored", "chain"
 
 
 @dataclass(frozen=True)
+class LatentLayout:
+    """How a family's latents hold a video.
+
+    With temporal compression c and a causal first frame, latent frame 0 holds video frame 0 alone and latent
+    frame j > 0 holds video frames 4j-3..4j (c=4): a video of c*k+1 frames has k+1 latent frames, and a chunk of
+    latent frames [s, e), rendered as a video of its own, gives video frames [c*s, c*(e-1)+1). Without a causal
+    first frame, latent frame j holds video frames cj..cj+c-1. Today's UNet families have c=1: one latent frame
+    per video frame."""
+
+    # axis of the frames in one video's latents (output_type="latent", batch removed); None: a long row's chunks
+    # are stitched as frames, not as latents decoded after stitching
+    frame_axis: int | None = None
+    # video frames per latent frame
+    temporal: int = 1
+    # the first latent frame holds the first video frame alone (valid frame counts are then c*k+1)
+    causal_first: bool = False
+    # pixels per latent pixel each way in the published VAE (a tiny preset's VAE may have fewer)
+    spatial: int = 8
+    # latent pixels per token each way (a transformer's patch size): sizes are multiples of spatial * patch
+    patch: int = 1
+
+    @property
+    def size_multiple(self) -> int:
+        return self.spatial * self.patch
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a video of `frames` frames (a valid count)."""
+        return (frames - 1) // self.temporal + 1 if self.causal_first else frames // self.temporal
+
+    def video_span(self, start: int, end: int) -> tuple[int, int]:
+        """The video frames [a, b) that latent frames [start, end) render to."""
+        if self.causal_first:
+            return self.temporal * start, self.temporal * (end - 1) + 1
+        return self.temporal * start, self.temporal * end
+
+    def valid_frames(self, frames: int) -> bool:
+        if self.causal_first:
+            return frames % self.temporal == 1 % self.temporal
+        return frames % self.temporal == 0
+
+    def frame_rule(self) -> str:
+        """The valid frame counts, as an error message names them."""
+        c = self.temporal
+        return f"{c}k+1 ({c + 1}, {2 * c + 1}, ...)" if self.causal_first else f"a multiple of {c}"
+
+
+# one latent frame per video frame
+FRAME_LAYOUT = LatentLayout()
+
+
+@dataclass(frozen=True)
 class Chunk:
     index: int
-    start: int  # first absolute frame
-    end: int  # one past the last absolute frame
+    # first absolute video frame
+    start: int
+    # one past the last absolute video frame
+    end: int
+    # the same span in latent frames (the noise bank's index); default: the video span (one latent per frame)
+    latent_start: int | None = None
+    latent_end: int | None = None
+
+    def __post_init__(self):
+        if self.latent_start is None:
+            object.__setattr__(self, "latent_start", self.start)
+        if self.latent_end is None:
+            object.__setattr__(self, "latent_end", self.end)
 
     @property
     def frames(self) -> int:
         return self.end - self.start
 
+    def in_latents(self) -> Chunk:
+        """This chunk with its latent span as its frames: what stitching latents blends."""
+        return Chunk(self.index, self.latent_start, self.latent_end)
 
-def plan_chunks(num_frames: int, window: int, overlap: int) -> tuple[Chunk, ...]:
-    """Chunks of `window` frames starting every `window - overlap` frames, the last one ending at N."""
+
+def plan_chunks(num_frames: int, window: int, overlap: int, layout: LatentLayout = FRAME_LAYOUT) -> tuple[Chunk, ...]:
+    """Chunks of `window` frames starting every `window - overlap` frames, the last one ending at N, planned in
+    the layout's latent frames (`window` a valid frame count; `overlap` rounded up to whole latent frames)."""
+    latents, latent_window = layout.latent_frames(num_frames), layout.latent_frames(window)
+    latent_overlap = -(-overlap // layout.temporal)
+    spans = _spans(latents, latent_window, latent_overlap)
+    return tuple(Chunk(i, *layout.video_span(s, e), s, e) for i, (s, e) in enumerate(spans))
+
+
+def _spans(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
     if window < 1:
         raise ValueError(f"window={window}: must be >= 1")
     if not 0 <= overlap < window:
         raise ValueError(f"overlap={overlap}: must be >= 0 and smaller than the window ({window})")
-    if num_frames <= window:
-        return (Chunk(0, 0, num_frames),)
+    if length <= window:
+        return [(0, length)]
     starts = [0]
-    while starts[-1] + window < num_frames:
-        starts.append(min(starts[-1] + window - overlap, num_frames - window))
-    return tuple(Chunk(i, s, s + window) for i, s in enumerate(starts))
+    while starts[-1] + window < length:
+        starts.append(min(starts[-1] + window - overlap, length - window))
+    return [(s, s + window) for s in starts]
 
 
 def blend_weights(chunks: tuple[Chunk, ...]) -> list[np.ndarray]:

@@ -7,12 +7,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import faults
+from . import denoiser, faults
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput, UnsafeCheckpoint
-from .families.step_cache import StepCache, compile_denoiser
 from .inputs import load_image, load_video
 from .models import ModelSpec, read_model_config, resolve_model
+from .options import LoadOptions
 from .request import RenderRequest, to_request
 
 
@@ -88,11 +88,15 @@ class Model:
     def stitch(self, request: RenderRequest, parts: list) -> tuple[np.ndarray, dict]:
         """The chunks blended into exactly num_frames uint8 frames, and the seam metrics of the result."""
         family = self.spec.family
-        blended = stitch(request.plan, parts)
-        if family.stitches_latents(request):
+        if not family.stitches_latents(request):
+            blended = stitch(request.plan, parts)
+        else:
+            latents = stitch(tuple(chunk.in_latents() for chunk in request.plan), parts)
+
             def decoded(req):
-                self._configure(req)  # the row's VAE options
-                return np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, req, blended)])
+                # the row's VAE options
+                self._configure(req)
+                return np.concatenate([to_uint8(piece) for piece in family.decode(self.pipeline, req, latents)])
             blended = self._guarded(request, decoded)
         return blended, seam_metrics(blended, request.plan)
 
@@ -238,36 +242,28 @@ def refuse_pickle_weights(location: str) -> None:
                                "--allow-pickle (allow_pickle=True) if you trust this checkpoint")
 
 
-def load(model: str, device: str = "cpu", *, cpu_offload: bool = False, compile: bool = False,
-         dtype: str | None = None, allow_pickle: bool = False) -> Model:
-    """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU).
-
-    `cpu_offload` keeps each sub-model on the CPU until it runs (CUDA only: less GPU memory, slower);
-    `compile` compiles the denoiser with torch.compile (slow first call per shape, faster after);
-    `dtype` ("float16" or "bfloat16") overrides the CUDA dtype;
-    `allow_pickle` lets a checkpoint load pickle weights (.bin) where it has no safetensors: only for a
-    checkpoint you trust, since unpickling can run code.
-    """
+def load(model: str, device: str = "cpu", options: LoadOptions | None = None) -> Model:
+    """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU), as
+    `options` say (see LoadOptions: CPU offload, compilation, the CUDA dtype, pickle weights, attention)."""
     import torch
 
+    options = options or LoadOptions()
     spec = resolve_model(model)
-    dtype = getattr(torch, dtype or "float16") if device.startswith("cuda") else torch.float32
-    build_on = "cpu" if cpu_offload else device
+    dtype = getattr(torch, options.dtype or "float16") if device.startswith("cuda") else torch.float32
+    build_on = "cpu" if options.cpu_offload else device
     if spec.source == "checkpoint":
         import diffusers
 
-        if not allow_pickle:
+        if not options.allow_pickle:
             refuse_pickle_weights(spec.location)
         cls = getattr(diffusers, spec.family.pipeline_class)
-        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=None if allow_pickle else True,
+        safetensors = None if options.allow_pickle else True
+        pipeline = cls.from_pretrained(spec.location, torch_dtype=dtype, use_safetensors=safetensors,
                                        **absent_components(spec.location)).to(build_on)
     else:
         pipeline = spec.family.build(spec.source, build_on, dtype)
     spec.family.prepare_pipeline(pipeline)
-    if cpu_offload:
+    if options.cpu_offload:
         pipeline.enable_model_cpu_offload(device=device)
-    if compile:
-        compile_denoiser(pipeline.unet)
-    if spec.family.step_cache:
-        pipeline.unet.step_cache = StepCache(pipeline.unet)
-    return Model(spec, pipeline, device, offloaded=cpu_offload)
+    denoiser.prepare(pipeline, options, step_cache=spec.family.step_cache)
+    return Model(spec, pipeline, device, offloaded=options.cpu_offload)

@@ -18,7 +18,18 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import faults, storage
 from .errors import BadOutput, RowRejected, WriteFailed
-from .scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, STITCH, Outcome, Task
+from .options import LoadOptions
+from .scheduler import (
+    CRASHED,
+    ERROR,
+    FAILED,
+    OK,
+    REJECTED,
+    REQUEUE,
+    STITCH,
+    Outcome,
+    Task,
+)
 
 ACTOR_DIED = "actor_died"  # pool-internal: becomes CRASHED or REQUEUE
 TASKS_QUEUED_PER_ACTOR = 2  # on the actor: one rendering, one waiting, so it never idles between tasks
@@ -31,7 +42,7 @@ EXIT_FLUSH_S = 1.0
 
 @ray.remote
 class RenderActor:
-    def __init__(self, model: str, device: str, threads: int, load_options: dict):
+    def __init__(self, model: str, device: str, threads: int, load_options: LoadOptions):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep the driver's log to what matters
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         # deprecation notices torch raises inside diffusers' Text2Video-Zero warping, once per actor: not the user's to act on
@@ -42,8 +53,8 @@ class RenderActor:
 
         if device == "cpu":  # never more threads than this node's cores: oversubscribed torch threads spin
             torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-        self.model = load(model, device, **load_options)
-        if load_options.get("compile"):
+        self.model = load(model, device, load_options)
+        if load_options.compile:
             self.model.warm_up()
         self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -137,7 +148,7 @@ class ActorPool:
     With `row_timeout` (seconds), a task executing longer fails `timeout` and its actor is replaced."""
 
     def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
-                 load_options: dict, actor_class=RenderActor, row_timeout: float | None = None):
+                 load_options: LoadOptions, actor_class=RenderActor, row_timeout: float | None = None):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0,
                        **faults.runtime_env())
         if device.startswith("cuda"):

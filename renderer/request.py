@@ -83,9 +83,7 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     family = spec.family
     d = spec.defaults
     params = _params(row.get("params"), spec)
-    num_frames = _positive_int(row, "num_frames", d.num_frames)
-    if num_frames > max_frames:
-        raise RowRejected("num_frames", num_frames, f"exceeds the cap of {max_frames} frames per row (--max-frames)")
+    num_frames = _frame_count(row, spec, max_frames)
     chunk_mode, plan = _chunking(num_frames, spec, params)
     if "step_cache" in params and params.get("free_init") is not None:
         raise RowRejected("params.step_cache", params["step_cache"], "cannot be combined with free_init: every FreeInit "
@@ -95,8 +93,8 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         model=spec.name,
         family=family.name,
         num_frames=num_frames,
-        height=_size(row, "height", d.height),
-        width=_size(row, "width", d.width),
+        height=_size(row, "height", d.height, family.layout.size_multiple),
+        width=_size(row, "width", d.width, family.layout.size_multiple),
         num_inference_steps=_positive_int(row, "num_inference_steps", d.num_inference_steps),
         fps=_positive_int(row, "fps", d.fps),
         guidance_scale=_guidance(row.get("guidance_scale"), d.guidance_scale),
@@ -115,7 +113,11 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
 
 def _chunking(num_frames: int, spec: ModelSpec, params: dict) -> tuple[str | None, tuple[Chunk, ...]]:
     """(mode, plan) of a row: one chunk when it fits the window, else chunks of the window (see chunks.py)."""
+    layout = spec.family.layout
     window = params.get("chunk_window", spec.window)
+    if not layout.valid_frames(window):
+        raise RowRejected("params.chunk_window", window, f"must be {layout.frame_rule()} for family "
+                          f"{spec.family.name!r}")
     mode = params.get("chunk_mode", spec.family.chunk_modes[0])
     overlap = params.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
     if overlap >= window:
@@ -124,8 +126,8 @@ def _chunking(num_frames: int, spec: ModelSpec, params: dict) -> tuple[str | Non
         raise RowRejected("params.chunk_overlap", overlap, "must be >= 1 when chained: a chunk starts on a frame "
                           "of the previous one")
     if num_frames <= window or spec.family.single_call(params):
-        return None, plan_chunks(num_frames, num_frames, 0)
-    return mode, plan_chunks(num_frames, window, overlap)
+        return None, plan_chunks(num_frames, num_frames, 0, layout)
+    return mode, plan_chunks(num_frames, window, overlap, layout)
 
 
 def _model_spec(value, default_model) -> ModelSpec:
@@ -155,10 +157,21 @@ def _positive_int(row: dict, column: str, default: int) -> int:
     return number
 
 
-def _size(row: dict, column: str, default: int) -> int:
+def _frame_count(row: dict, spec: ModelSpec, max_frames: int) -> int:
+    number = _positive_int(row, "num_frames", spec.defaults.num_frames)
+    if number > max_frames:
+        raise RowRejected("num_frames", number, f"exceeds the cap of {max_frames} frames per row (--max-frames)")
+    layout = spec.family.layout
+    if not layout.valid_frames(number):
+        raise RowRejected("num_frames", number, f"must be {layout.frame_rule()} for family {spec.family.name!r}: "
+                          f"its latents hold {layout.temporal} frames each")
+    return number
+
+
+def _size(row: dict, column: str, default: int, multiple: int) -> int:
     number = _positive_int(row, column, default)
-    if number % 8:
-        raise RowRejected(column, number, "must be divisible by 8")
+    if number % multiple:
+        raise RowRejected(column, number, f"must be divisible by {multiple}")
     return number
 
 

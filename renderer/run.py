@@ -15,6 +15,7 @@ from typing import Callable
 from . import storage
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
+from .options import LoadOptions
 from .paths import clean_temp_files, output_lock, refuse_linked_videos_dir
 from .progress import Progress
 from .request import MAX_FRAMES, RenderRequest, to_request
@@ -24,39 +25,47 @@ from .tables import read_tables
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    tables: tuple[str, ...]  # local paths or object URIs (s3://, gs://)
-    out: str | Path  # a local folder or an object-store prefix; kept as a str
-    model: str | None = None  # for rows without a `model`
-    actors: int | None = None  # per model; default one per GPU (one on a CPU-only cluster)
+    # local paths or object URIs (s3://, gs://)
+    tables: tuple[str, ...]
+    # a local folder or an object-store prefix; kept as a str
+    out: str | Path
+    # for rows without a `model`
+    model: str | None = None
+    # per model; default one per GPU (one on a CPU-only cluster)
+    actors: int | None = None
     gpus_per_actor: float = 1.0
+    # CPU actors: torch threads each; default the node's CPUs shared among the actors. Pin it to compare runs
+    # of different actor counts exactly: the thread count changes the order of float sums
+    threads_per_actor: int | None = None
     device: str = "auto"
     seed: int = 0
     max_attempts: int = 3
     resume: bool = True
     ignore_extra: bool = False
-    cpu_offload: bool = False  # per run: sub-models wait on the CPU until they run (CUDA only)
-    compile: bool = False  # per run: torch.compile the denoiser of every actor
-    max_frames: int = MAX_FRAMES  # a row asking for more is rejected
-    dtype: str | None = None  # CUDA only: "float16" (default) or "bfloat16"
-    allow_pickle: bool = False  # checkpoints may load pickle weights (.bin) where they have no safetensors
-    row_timeout: float | None = None  # seconds a task (a row, or a chunk or stitch of a long one) may execute
+    # a row asking for more is rejected
+    max_frames: int = MAX_FRAMES
+    # seconds a task (a row, or a chunk or stitch of a long one) may execute
+    row_timeout: float | None = None
+    # how every actor loads its model
+    load: LoadOptions = field(default_factory=LoadOptions)
 
     def __post_init__(self):
         object.__setattr__(self, "out", os.fspath(self.out))
+        object.__setattr__(self, "tables", tuple(self.tables))
         if not self.tables:
             raise ValueError("at least one table is required")
         if self.actors is not None and self.actors < 1:
             raise ValueError(f"actors={self.actors}: must be >= 1")
         if self.gpus_per_actor <= 0:
             raise ValueError(f"gpus_per_actor={self.gpus_per_actor}: must be > 0")
+        if self.threads_per_actor is not None and self.threads_per_actor < 1:
+            raise ValueError(f"threads_per_actor={self.threads_per_actor}: must be >= 1")
         if self.device not in DEVICES:
             raise ValueError(f"device={self.device!r}: must be one of {', '.join(DEVICES)}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts={self.max_attempts}: must be >= 1")
-        if self.dtype not in (None, "float16", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r}: must be float16 or bfloat16")
         if self.max_frames < 1:
             raise ValueError(f"max_frames={self.max_frames}: must be >= 1")
         if self.row_timeout is not None and self.row_timeout <= 0:
@@ -168,9 +177,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             continue
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
-            load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype,
-                                allow_pickle=config.allow_pickle)
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options,
+            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, config.load,
                              actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:
             fail_all(group, Outcome("error", str(exc)))
@@ -195,13 +202,13 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
     device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda" and not gpus:
         raise ConfigError("--device cuda, but the Ray cluster has no GPU")
-    if config.cpu_offload and device != "cuda":
+    if config.load.cpu_offload and device != "cuda":
         raise ConfigError("--cpu-offload needs CUDA: on the CPU every model already lives in host memory")
-    if config.dtype and device != "cuda":
-        raise ConfigError(f"--dtype {config.dtype} needs CUDA: the CPU always runs float32")
+    if config.load.dtype and device != "cuda":
+        raise ConfigError(f"--dtype {config.load.dtype} needs CUDA: the CPU always runs float32")
     default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
     actors = config.actors or default
     # a share of the cluster's CPUs, but never more than one node has: an actor runs on one node
     largest_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
     threads = max(1, min(int(resources.get("CPU", os.cpu_count() or 1)) // actors, int(largest_node)))
-    return device, actors, threads
+    return device, actors, config.threads_per_actor or threads

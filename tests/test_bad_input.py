@@ -22,6 +22,7 @@ from jobs.cli import main
 from renderer import load
 from renderer.errors import RowRejected
 from renderer.inputs import MAX_IMAGE_PIXELS, check_image, load_image
+from renderer.options import LoadOptions
 from renderer.paths import WINDOWS_RESERVED, video_relpath
 from renderer.request import to_request
 from renderer.run import RunConfig, run
@@ -145,7 +146,7 @@ def test_hostile_ids_and_prompts_render_inside_out_and_links_are_replaced(ray_se
     (out / "metadata.parquet").symlink_to(victim_table)
     prompts = hostile_prompts(tmp_path)
     rows = [{"id": i, "prompt": prompts.get(i, f"scene {n}"), **FAST} for n, i in enumerate(HOSTILE_IDS)]
-    summary = run(RunConfig((str(write_table(tmp_path / "t.parquet", rows)),), out, model="tiny-animatediff"))
+    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff"))
 
     assert summary.counts == {"ok": len(rows)}
     records = read_metadata(out)
@@ -286,7 +287,7 @@ def test_images_render_from_paths_and_bytes_and_bad_ones_are_rejected(ray_sessio
     rows = paths + cells
     tables = (str(write_table(tmp_path / "paths.parquet", paths)), str(write_table(tmp_path / "bytes.parquet", cells)))
     out = tmp_path / "out"
-    summary = run(RunConfig(tables, out, model="tiny-svd"))
+    summary = run(RunConfig(tables=tables, out=out, model="tiny-svd"))
 
     assert summary.counts == {"ok": 2 * len(GOOD_IMAGES), "rejected": 2}
     records = read_metadata(out)
@@ -388,14 +389,14 @@ def test_pickle_weights_fail_every_row_of_the_model_unless_allowed(ray_session, 
             for i in range(2)]
     rows.append({"id": "preset", "prompt": "a fox", "model": "tiny-animatediff", **FAST})
     table, out = write_table(tmp_path / "t.parquet", rows), tmp_path / "out"
-    refused = run(RunConfig((str(table),), out))
+    refused = run(RunConfig(tables=(str(table),), out=out))
     assert refused.counts == {"failed": 2, "ok": 1}  # the run goes on: only that model's rows fail
     for row_id in ("p0", "p1"):
         error = read_metadata(out)[row_id]["error"]
         assert "safetensors only, and motion_adapter, unet, vae hold(s) only pickle weights (.bin/.pt), which can " \
             "run code" in error and "--allow-pickle" in error
 
-    allowed = run(RunConfig((str(table),), out, allow_pickle=True))
+    allowed = run(RunConfig(tables=(str(table),), out=out, load=LoadOptions(allow_pickle=True)))
     assert allowed.counts == {"ok": 3} and allowed.skipped == 1
     for row_id in ("p0", "p1"):
         assert read_mp4(out / read_metadata(out)[row_id]["video_path"])[0].shape == (6, 64, 64, 3)

@@ -39,7 +39,7 @@ def test_a_worker_killed_mid_row_or_mid_encode_is_retried_and_leaves_no_partial_
            {"point": "encode", "fault": "kill", "id": "mid-encode", "times": 1})
     ids = ["first", "mid-row", "mid-encode", "last"]
     out = tmp_path / "out"
-    summary = run(RunConfig((table(tmp_path, ids),), out, model=MODEL, actors=1))
+    summary = run(RunConfig(tables=(table(tmp_path, ids),), out=out, model=MODEL, actors=1))
     assert len(faults.fired("render", "mid-row", "kill")) == len(faults.fired("encode", "mid-encode", "kill")) == 1
     records = check_invariants(out, ids, summary.exit_code)  # killed half way through its mp4: no partial file
     assert summary.counts == {"ok": 4}
@@ -52,7 +52,7 @@ def test_a_poison_row_that_kills_every_worker_fails_after_max_attempts_and_costs
     inject({"point": "render", "fault": "kill", "id": "poison"})
     ids = ["a", "poison", "b", "c"]
     out = tmp_path / "out"
-    summary = run(RunConfig((table(tmp_path, ids),), out, model=MODEL, actors=1, max_attempts=2))
+    summary = run(RunConfig(tables=(table(tmp_path, ids),), out=out, model=MODEL, actors=1, max_attempts=2))
     assert len(faults.fired("render", "poison", "kill")) == 2
     records = check_invariants(out, ids, summary.exit_code)
     poison = records["poison"]
@@ -148,7 +148,7 @@ def test_slow_encodes_never_idle_the_actor(ray_session, tmp_path, inject):
     inject(*({"point": "encode", "fault": "slow", "id": row_id, "times": 1} for row_id in ("slow1", "slow2")))
     ids = ["slow1", "slow2", "next1", "next2"]
     out = tmp_path / "out"
-    summary = run(RunConfig((table(tmp_path, ids),), out, model=MODEL, actors=1))
+    summary = run(RunConfig(tables=(table(tmp_path, ids),), out=out, model=MODEL, actors=1))
     assert len(faults.fired("encode", fault="slow")) == 2
     records = check_invariants(out, ids, summary.exit_code)
     assert summary.counts == {"ok": 4}
@@ -162,7 +162,7 @@ def test_a_full_disk_fails_the_row_naming_the_path_after_max_attempts_and_leaves
     inject({"point": "encode", "fault": "enospc", "id": "full"})
     ids = ["a", "full", "b"]
     out = tmp_path / "out"
-    summary = run(RunConfig((table(tmp_path, ids),), out, model=MODEL, actors=1, max_attempts=2))
+    summary = run(RunConfig(tables=(table(tmp_path, ids),), out=out, model=MODEL, actors=1, max_attempts=2))
     assert len(faults.fired("encode", "full", "enospc")) == 2  # retried like any error, up to --max-attempts
     records = check_invariants(out, ids, summary.exit_code)  # the half-written temporary file was removed
     full = records["full"]

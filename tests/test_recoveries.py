@@ -84,7 +84,7 @@ def test_run_records_recoveries_fails_bad_output_for_good_and_replaces_a_poisone
            {"point": "render", "fault": "cuda_error", "id": "poisoned", "times": 1})
     rows = [dict(id=i, prompt=f"scene {i}", **FAST) for i in ("oom", "nan", "poisoned", "plain")]
     out = tmp_path / "out"
-    summary = run(RunConfig((str(write_table(tmp_path / "t.parquet", rows)),), out, model="tiny-animatediff", actors=1))
+    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff", actors=1))
     assert [len(faults.fired(p, i)) for p, i in (("render", "oom"), ("output", "nan"), ("render", "poisoned"))] == [1, 2, 1]
     records = check_invariants(out, [row["id"] for row in rows], summary.exit_code)
     assert records["oom"]["status"] == "ok" and records["oom"]["recoveries"] == ["out_of_memory: decode_chunk_size=3, vae_slicing=True"]

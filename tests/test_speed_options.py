@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT
 from renderer import RowRejected, load
+from renderer.options import LoadOptions
 from renderer.request import to_request
 from renderer.video import read_mp4
 
@@ -82,7 +83,7 @@ def test_step_cache_runs_the_deep_layers_on_one_step_in_n_and_keeps_the_shallow_
 def test_compile_runs_the_denoiser_as_one_graph_per_kind_of_step_and_renders_the_eager_frames(animatediff):
     from torch._dynamo.utils import counters
 
-    compiled = load("tiny-animatediff", compile=True)
+    compiled = load("tiny-animatediff", options=LoadOptions(compile=True))
     counters.clear()
     for params in ({}, {"step_cache": 3}):
         row = {**ROW, "params": json.dumps(params)}
@@ -113,7 +114,8 @@ def test_dtype_needs_cuda(ray_session, tmp_path):
 
     table = write_table(tmp_path / "t.parquet", [dict(id="a", **ROW)])
     with pytest.raises(ConfigError, match="--dtype bfloat16 needs CUDA"):
-        run(RunConfig((str(table),), tmp_path / "out", model="tiny-animatediff", dtype="bfloat16"))
+        run(RunConfig(tables=(str(table),), out=tmp_path / "out", model="tiny-animatediff",
+                      load=LoadOptions(dtype="bfloat16")))
 
 
 def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):

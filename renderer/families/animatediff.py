@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import FREE_INIT, Defaults, Family, Param, prompt_embeds_once, set_free_init
+from ..chunks import LatentLayout
+from .base import FREE_INIT, Defaults, Family, Param, set_free_init
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
+from .prompts import clip_prompt_embeds
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,6 @@ class AnimateDiff(Family):
         # FreeNoise denoises overlapping context windows inside one call: a long row on one actor, no chunks
         return params.get("free_noise") is not None
 
-    def chunk_overrides(self, pipeline, request, chunk):
-        return {**super().chunk_overrides(pipeline, request, chunk), **prompt_embeds_once(pipeline, request)}
-
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
         free_init, free_noise = request.params.get("free_init"), request.params.get("free_noise")
@@ -53,7 +52,7 @@ FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context window
                    })
 
 ANIMATEDIFF = AnimateDiff(
-    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, latent_frame_axis=1, step_cache=True,
+    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
     params={

@@ -1,13 +1,14 @@
 """The contract every model family adapter fulfils: one small base class, one file per family."""
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ..chunks import ANCHORED
+from .. import denoiser
+from ..chunks import ANCHORED, FRAME_LAYOUT, LatentLayout
 from ..errors import RowRejected
+from .prompts import prompt_embeds_once
 
 # diffusers scheduler classes a row may pick with params {"scheduler": NAME}
 SCHEDULERS = {
@@ -137,9 +138,10 @@ class Family(ABC):
     decode_chunk_default: int | None = None  # the pipeline's default decode_chunk_size; None: all frames at once
     step_cache: bool = False  # rows may ask for the denoiser's step cache (see step_cache.py)
     chunk_modes: tuple[str, ...] = (ANCHORED,)  # how a long row's chunks are tied together; the first is the default
-    # frame axis of one video's latents (output_type="latent", batch removed); None: the chunks are stitched
-    # as frames, not as latents decoded after stitching
-    latent_frame_axis: int | None = None
+    # how the family's latents hold a video: their frame axis, temporal compression, spatial factor
+    layout: LatentLayout = FRAME_LAYOUT
+    # how its pipeline's encode_prompt is called (see prompts.py); None: chunks pass the prompt, not embeddings
+    prompt_encoder: Callable | None = None
 
     def __post_init__(self):
         if not self.required:
@@ -216,7 +218,7 @@ class Family(ABC):
 
     def stitches_latents(self, request) -> bool:
         """Whether the chunks come back as latents, blended and then decoded across the seams."""
-        return self.latent_frame_axis is not None and request.chunk_mode == ANCHORED
+        return self.layout.frame_axis is not None and request.chunk_mode == ANCHORED
 
     def generate_chunk(self, pipeline, request, chunk, image, video, generator):
         """One chunk of a long row: its float frames (as `generate` returns them), or its latents with frames first.
@@ -231,22 +233,31 @@ class Family(ABC):
         out = self.generate(pipeline, part, image, clip, generator, **self.chunk_overrides(pipeline, request, chunk))
         if not self.stitches_latents(request):
             return out
-        return np.moveaxis(out.float().cpu().numpy(), self.latent_frame_axis, 0)
+        return np.moveaxis(out.float().cpu().numpy(), self.layout.frame_axis, 0)
 
     def chunk_overrides(self, pipeline, request, chunk) -> dict:
-        """Call arguments of a chunk: its slice of the noise bank, and latent output when stitched as latents."""
+        """Call arguments of a chunk: its slice of the noise bank, latent output when stitched as latents, and
+        the row's prompt embeddings where the family encodes them once per row (`prompt_encoder`)."""
         overrides = {"latents": self.chunk_noise(pipeline, request, chunk)}
         if self.stitches_latents(request):
             overrides["output_type"] = "latent"
+        if self.prompt_encoder is not None and request.prompt is not None:
+            overrides.update(prompt_embeds_once(pipeline, request, self.prompt_encoder))
         return overrides
 
     def chunk_noise(self, pipeline, request, chunk):
-        """The initial latents of a chunk, laid out as the pipeline's prepare_latents lays them out."""
-        scale = pipeline.vae_scale_factor
-        shape = (pipeline.vae.config.latent_channels, request.height // scale, request.width // scale)
-        noise = frame_noise(request.seed, range(chunk.start, chunk.end), shape)  # (F, C, h, w)
-        axis = self.latent_frame_axis if self.latent_frame_axis is not None else 1
+        """The initial latents of a chunk, laid out as the pipeline's prepare_latents lays them out: one draw
+        of the row's noise bank per latent frame of the chunk."""
+        noise = frame_noise(request.seed, range(chunk.latent_start, chunk.latent_end),
+                            self.latent_frame_shape(pipeline, request))
+        axis = self.layout.frame_axis if self.layout.frame_axis is not None else 1
         return noise.movedim(0, axis).unsqueeze(0).to(pipeline._execution_device, pipeline.dtype)
+
+    def latent_frame_shape(self, pipeline, request) -> tuple[int, int, int]:
+        """(channels, height, width) of one latent frame of the row, from the loaded VAE (a tiny preset's VAE
+        scales less than the published one)."""
+        scale = pipeline.vae_scale_factor
+        return pipeline.vae.config.latent_channels, request.height // scale, request.width // scale
 
     def decode(self, pipeline, request, latents):
         """Stitched latents (frames first) to float frames (a tensor (f, 3, H, W)), yielded a window of frames at
@@ -254,9 +265,9 @@ class Family(ABC):
         import numpy as np
         import torch
 
-        step = request.params.get("decode_chunk_size", request.plan[0].frames)
+        step = request.params.get("decode_chunk_size", request.plan[0].in_latents().frames)
         for start in range(0, len(latents), step):
-            piece = torch.from_numpy(np.moveaxis(latents[start:start + step], 0, self.latent_frame_axis))
+            piece = torch.from_numpy(np.moveaxis(latents[start:start + step], 0, self.layout.frame_axis))
             piece = piece.unsqueeze(0).to(pipeline._execution_device, pipeline.vae.dtype)
             with torch.no_grad():
                 video = self.decode_latents(pipeline, piece)
@@ -276,39 +287,17 @@ class Family(ABC):
 
             cls = getattr(diffusers, SCHEDULERS[name])
             pipeline.scheduler = cls.from_config(base_scheduler.config)
-        vae, unet, params = getattr(pipeline, "vae", None), getattr(pipeline, "unet", None), request.params
+        vae, params = getattr(pipeline, "vae", None), request.params
         if "vae_slicing" in self.memory_options:
             vae.enable_slicing() if params.get("vae_slicing") else vae.disable_slicing()
         if "vae_tiling" in self.memory_options:
             vae.enable_tiling() if params.get("vae_tiling") else vae.disable_tiling()
         if "forward_chunking" in self.memory_options:
-            set_forward_chunking(unet, params.get("forward_chunking"))
+            denoiser.set_forward_chunking(pipeline, params.get("forward_chunking"))
         if "vae_float32" in self.memory_options:
-            set_vae_float32(vae, unet.dtype, bool(params.get("vae_float32")))
-        if self.step_cache and hasattr(unet, "step_cache"):  # a second-stage upscaler has none: it runs uncached
-            unet.step_cache.reset(params.get("step_cache"))
-
-
-# a loaded pipeline -> (the text of the row it last encoded, its prompt embeddings)
-_PROMPT_EMBEDS = weakref.WeakKeyDictionary()
-
-
-def prompt_embeds_once(pipeline, request) -> dict:
-    """Call arguments that hand a row's prompt embeddings to the pipeline: encoded once per row on each actor
-    (by the pipeline's own encode_prompt) and reused for every chunk of the row that actor renders."""
-    guided = request.guidance_scale > 1
-    key = (request.prompt, request.negative_prompt, guided, request.params.get("clip_skip"))
-    cached = _PROMPT_EMBEDS.get(pipeline)
-    if cached is None or cached[0] != key:
-        import torch
-
-        with torch.no_grad():
-            embeds = pipeline.encode_prompt(request.prompt, pipeline._execution_device, 1, guided, request.negative_prompt,
-                                            clip_skip=request.params.get("clip_skip"))
-        _PROMPT_EMBEDS[pipeline] = cached = (key, embeds)
-    prompt_embeds, negative_prompt_embeds = cached[1]
-    return dict(prompt=None, negative_prompt=None, prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds)
+            set_vae_float32(vae, denoiser.dtype(pipeline), bool(params.get("vae_float32")))
+        if self.step_cache:
+            denoiser.set_step_cache(pipeline, params.get("step_cache"))
 
 
 def frame_noise(seed: int, frames, shape: tuple):
@@ -346,10 +335,3 @@ def _inputs_to_float32(module, args, kwargs):
 
     cast = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
     return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
-
-
-def set_forward_chunking(unet, chunk_size: int | None) -> None:
-    """Feed-forward chunking on every transformer block (None turns it off); works for every UNet type."""
-    for module in unet.modules():
-        if hasattr(module, "set_chunk_feed_forward"):
-            module.set_chunk_feed_forward(chunk_size=chunk_size, dim=1 if chunk_size else 0)

@@ -4,11 +4,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from ..chunks import ANCHORED, CHAIN
+from ..chunks import ANCHORED, CHAIN, LatentLayout
 from ..errors import RowRejected
 from .base import FREE_INIT, Defaults, Family, Param, set_free_init
-from .components import (clip_image_encoder, clip_image_processor, clip_text_encoder, clip_tokenizer, scheduler,
-                         sd15_unet, sd_vae)
+from .components import (
+    clip_image_encoder,
+    clip_image_processor,
+    clip_text_encoder,
+    clip_tokenizer,
+    scheduler,
+    sd15_unet,
+    sd_vae,
+)
 
 
 @contextlib.contextmanager
@@ -73,7 +80,7 @@ I2VGEN_XL = I2VGenXL(
         "decode_chunk_size": Param(int, "frames the VAE decodes at once (the pipeline's default is 1)", minimum=1),
     },
     column_aliases={"target_fps": "fps"}, decode_chunk_default=1,
-    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1, step_cache=True,
+    chunk_modes=(ANCHORED, CHAIN), layout=LatentLayout(frame_axis=1), step_cache=True,
     # PNDM is left out: it cannot rescale the betas to the zero terminal SNR the model was trained with
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++"),
     checkpoints=("ali-vilab/i2vgen-xl",),
@@ -137,7 +144,7 @@ PIA_FAMILY = PIA(
     },
     options={"free_init": FREE_INIT},
     schedulers=("ddim", "euler"),
-    chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=1, step_cache=True,
+    chunk_modes=(ANCHORED, CHAIN), layout=LatentLayout(frame_axis=1), step_cache=True,
     checkpoints=("openmmlab/PIA-condition-adapter on an SD1.5 checkpoint (saved as one PIAPipeline folder)",),
 )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..chunks import ANCHORED, CHAIN
+from ..chunks import ANCHORED, CHAIN, LatentLayout
 from .base import Defaults, Family, Param
 from .components import clip_image_encoder, clip_image_processor, scheduler
 
@@ -14,7 +14,10 @@ class StableVideoDiffusion(Family):
         return int(read_config("unet").get("num_frames", self.window))
 
     def components(self, size):
-        from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+        from diffusers import (
+            AutoencoderKLTemporalDecoder,
+            UNetSpatioTemporalConditionModel,
+        )
 
         if size == "tiny":
             unet = UNetSpatioTemporalConditionModel(
@@ -64,7 +67,7 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
         defaults=Defaults(num_frames=window, height=576, width=1024, num_inference_steps=25, fps=7, guidance_scale=3.0),
         tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7, guidance_scale=3.0),
         params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
-        chunk_modes=(ANCHORED, CHAIN), latent_frame_axis=0, step_cache=True,  # latents are (frames, channels, h, w)
+        chunk_modes=(ANCHORED, CHAIN), layout=LatentLayout(frame_axis=0), step_cache=True,  # latents are (frames, channels, h, w)
         memory_options=("forward_chunking", "vae_float32"))  # the temporal VAE's memory knob is decode_chunk_size
 
 

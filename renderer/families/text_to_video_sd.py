@@ -10,9 +10,11 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..chunks import LatentLayout
 from ..errors import RowRejected
-from .base import Defaults, Family, Param, prompt_embeds_once
+from .base import Defaults, Family, Param
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd_vae
+from .prompts import clip_prompt_embeds
 
 GUIDE_STRENGTH = 0.6  # VideoToVideoSDPipeline's default and the guide's upscale strength
 SIZE_ONLY = ("num_frames", "height", "width")  # text-to-video arguments; video-to-video reads them off the video
@@ -83,7 +85,7 @@ class TextToVideoSD(Family):
     def chunk_overrides(self, pipeline, request, chunk):
         if "upscale" in request.params:
             return {}  # the first stage renders at its own size from the reseeded generator
-        overrides = {**super().chunk_overrides(pipeline, request, chunk), **prompt_embeds_once(pipeline, request)}
+        overrides = super().chunk_overrides(pipeline, request, chunk)
         if request.video is not None:
             del overrides["latents"]  # video-to-video noises the row's video with the generator; it takes no latents
         return overrides
@@ -189,7 +191,7 @@ SCHEDULERS = ("ddim", "dpm++", "euler", "euler_ancestral", "pndm")
 def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoints: tuple) -> TextToVideoSD:
     tiny = Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=8,
                     guidance_scale=defaults.guidance_scale)
-    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), latent_frame_axis=1, step_cache=True,
+    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
                          required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, params=PARAMS,
                          options=options,
                          schedulers=SCHEDULERS, checkpoints=checkpoints)

@@ -1,4 +1,4 @@
-"""Speed options of the denoiser: a step cache (DeepCache) and its compilation.
+"""The step cache of a UNet denoiser (DeepCache), attached and reset through renderer/denoiser.py.
 
 The step cache follows DeepCache (Ma et al., 2023): the deep features of a UNet change little from one
 denoising step to the next, so for `interval - 1` steps out of every `interval` only the shallowest path of the
@@ -63,13 +63,3 @@ def deep_modules(unet) -> tuple:
     outer = [module for name, layers in last.named_children() if isinstance(layers, torch.nn.ModuleList)
              and name != "upsamplers" for module in layers[:len(last.resnets) - 2]]
     return (*inner, *unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1], *outer)
-
-
-def compile_denoiser(unet) -> None:
-    """torch.compile the UNet's forward into one graph, fused across its blocks (no family's UNet breaks it).
-    Module hooks stay outside the graph, so the step cache's choice of step (made in its pre-hook) is a plain
-    Python value the graph is specialised on: a row with the cache compiles two more graphs once (a full step
-    that keeps the deep features, a step that reuses them), and never waits for the GPU to decide."""
-    import torch
-
-    unet.forward = torch.compile(unet.forward)

@@ -1,0 +1,98 @@
+"""The denoiser seam: outside the family files, the only code that names a pipeline's denoiser.
+
+A video pipeline denoises with a UNet (`pipeline.unet`) or a diffusion transformer (`pipeline.transformer`, and
+Wan 2.2's second expert `pipeline.transformer_2`, which takes over for the low-noise steps). What the renderer
+does to a denoiser goes through here: its dtype, compilation, the step cache, feed-forward chunking and the
+attention backend. Which kind a pipeline has is read from the attribute it is found under, never guessed from
+its class; what differs between families is declared by the family (`Family.step_cache`) or by diffusers'
+model class (`_repeated_blocks`).
+"""
+from __future__ import annotations
+
+from .options import LoadOptions
+
+UNET = "unet"
+# a pipeline's denoisers, under the names diffusers' pipelines give them
+DENOISERS = (UNET, "transformer", "transformer_2")
+
+
+def denoisers(pipeline) -> dict:
+    """The pipeline's denoisers by attribute name: its UNet, or its transformer(s)."""
+    found = {name: getattr(pipeline, name, None) for name in DENOISERS}
+    found = {name: module for name, module in found.items() if module is not None}
+    if not found:
+        raise TypeError(f"{type(pipeline).__name__} has no denoiser (none of {', '.join(DENOISERS)})")
+    return found
+
+
+def primary(pipeline):
+    """The denoiser every step starts with: the UNet, or the (high-noise) transformer."""
+    return next(iter(denoisers(pipeline).values()))
+
+
+def dtype(pipeline):
+    """The dtype the denoiser computes in (the pipelines hand the VAE latents of this dtype)."""
+    return primary(pipeline).dtype
+
+
+def prepare(pipeline, options: LoadOptions, step_cache: bool) -> None:
+    """Once, when a pipeline is loaded: the attention backend, the step cache where the family offers one, and
+    compilation last (it compiles what the others set up)."""
+    if options.attention_backend is not None:
+        set_attention_backend(pipeline, options.attention_backend)
+    if step_cache:
+        attach_step_cache(pipeline)
+    if options.compile:
+        compile_denoisers(pipeline)
+
+
+def set_attention_backend(pipeline, backend: str) -> None:
+    """diffusers' attention dispatch backend (e.g. "native", "flash", "sage") on every denoiser; attention
+    processors that do not go through the dispatcher (most UNets') keep theirs."""
+    for module in denoisers(pipeline).values():
+        module.set_attention_backend(backend)
+
+
+def compile_denoisers(pipeline) -> None:
+    """torch.compile each denoiser.
+
+    A UNet compiles as one graph, fused across its blocks (no family's UNet breaks it). Module hooks stay outside
+    the graph, so the step cache's choice of step (made in its pre-hook) is a plain Python value the graph is
+    specialised on: a row with the cache compiles two more graphs once, and never waits for the GPU to decide.
+    A transformer whose class declares its repeated blocks compiles those alone (diffusers' regional compile:
+    one graph serves every block, so compiling takes seconds, not minutes); any other compiles as one graph."""
+    import torch
+
+    for name, module in denoisers(pipeline).items():
+        if name != UNET and getattr(module, "_repeated_blocks", None):
+            module.compile_repeated_blocks()
+        else:
+            module.forward = torch.compile(module.forward)
+
+
+def attach_step_cache(pipeline) -> None:
+    """A UNet gets DeepCache's step cache (see step_cache.py), off until a row asks for it. A transformer gets
+    nothing here: its caches are diffusers' own (`enable_cache`), switched per row."""
+    from .step_cache import StepCache
+
+    unet = denoisers(pipeline).get(UNET)
+    if unet is not None:
+        unet.step_cache = StepCache(unet)
+
+
+def set_step_cache(pipeline, interval: int | None) -> None:
+    """Before a render: the row's step cache interval (None: off). A denoiser without a cache (a second-stage
+    upscaler's) runs uncached."""
+    for module in denoisers(pipeline).values():
+        cache = getattr(module, "step_cache", None)
+        if cache is not None:
+            cache.reset(interval)
+
+
+def set_forward_chunking(pipeline, chunk_size: int | None) -> None:
+    """Feed-forward layers in chunks of `chunk_size` (None: off) on every block that offers it, in every
+    denoiser: UNets' transformer blocks and diffusion transformers' blocks alike."""
+    for denoiser in denoisers(pipeline).values():
+        for module in denoiser.modules():
+            if hasattr(module, "set_chunk_feed_forward"):
+                module.set_chunk_feed_forward(chunk_size=chunk_size, dim=1 if chunk_size else 0)
