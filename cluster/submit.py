@@ -172,8 +172,7 @@ def _use_local_token() -> None:
     """Send the token found on this machine (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) as ray.init does when
     RAY_AUTH_MODE is unset; the token itself is never printed or recorded."""
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     except ImportError:  # a Ray without token authentication
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)

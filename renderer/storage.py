@@ -217,7 +217,7 @@ def _fs(location: str):
     return filesystem, posixpath.join(root, parts.path.lstrip("/"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filesystem(scheme: str, netloc: str):
     """One filesystem per bucket and process: building one may ask the store for the bucket's region.
     Built by from_uri rather than S3FileSystem(): in pyarrow 26 only from_uri applies AWS_ENDPOINT_URL(_S3)

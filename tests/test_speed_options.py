@@ -106,10 +106,9 @@ def test_step_cache_is_checked_per_row():
 
 
 def test_dtype_needs_cuda(ray_session, tmp_path):
+    from conftest import write_table
     from renderer.errors import ConfigError
     from renderer.run import RunConfig, run
-
-    from conftest import write_table
 
     table = write_table(tmp_path / "t.parquet", [dict(id="a", **ROW)])
     with pytest.raises(ConfigError, match="--dtype bfloat16 needs CUDA"):

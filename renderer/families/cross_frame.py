@@ -21,7 +21,8 @@ SCHEDULER_NAMES = ("ddim", "euler", "euler_ancestral", "dpm++", "pndm")
 def cross_frame_processor(batch_size: int):
     try:
         from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
-            CrossFrameAttnProcessor)
+            CrossFrameAttnProcessor,
+        )
     except ImportError:  # diffusers releases before Text2Video-Zero moved under `deprecated`
         from diffusers.pipelines.text_to_video_synthesis.pipeline_text_to_video_zero import CrossFrameAttnProcessor
     return CrossFrameAttnProcessor(batch_size=batch_size)

@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from ..chunks import ANCHORED, CHAIN
 from ..errors import RowRejected
 from .base import FREE_INIT, Defaults, Family, Param, set_free_init
-from .components import (clip_image_encoder, clip_image_processor, clip_text_encoder, clip_tokenizer, scheduler,
-                         sd15_unet, sd_vae)
+from .components import (
+    clip_image_encoder,
+    clip_image_processor,
+    clip_text_encoder,
+    clip_tokenizer,
+    scheduler,
+    sd15_unet,
+    sd_vae,
+)
 
 
 @contextlib.contextmanager
