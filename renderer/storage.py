@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from .errors import WriteFailed
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-TEMP_MARK = ".tmp-"  # local temporary files only: an object store never sees one
+# local temporary files only: an object store never sees one
+TEMP_MARK = ".tmp-"
 
 
 def is_uri(location) -> bool:
