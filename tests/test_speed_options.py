@@ -123,7 +123,7 @@ def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):
     report = json.loads((out / "speed.json").read_text())
     results = {r["mode"]: r for r in report["results"]}
     assert set(results) == {"bare", "default", "cache4"}
-    for mode, r in results.items():
+    for r in results.values():
         assert r["videos"] == 2 and r["s_per_video"] > 0 and r["vs_bare"] > 0 and r["denoiser_tflops"] > 0
         for path in r["videos_paths"].values():
             assert read_mp4(path)[0].shape == (16, 64, 64, 3)
