@@ -38,7 +38,8 @@ def render(model, row: dict) -> dict:
     except Exception as exc:  # the record of what happened is the point here
         frames, outcome = None, {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     outcome.update(seconds=time.perf_counter() - start, recoveries=list(model.recoveries),
-                   peak_gib=torch.cuda.max_memory_allocated() / 2**30, row={k: v for k, v in row.items() if k != "image"})
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                   row={k: v for k, v in row.items() if k != "image"})
     print(json.dumps(outcome), flush=True)
     return outcome, frames
 
@@ -69,7 +70,8 @@ def main():
         log = Path(folder) / "faults.jsonl"
         os.environ.update(RENDER_FAULTS=json.dumps([{"point": "output", "fault": "nan", "id": "nan", "times": 1}]),
                           RENDER_FAULTS_LOG=str(log))
-        report["nan_row"], retried = render(model, {**base, "id": "nan", "params": json.dumps({"decode_chunk_size": 8})})
+        report["nan_row"], retried = render(model, {**base, "id": "nan",
+                                                    "params": json.dumps({"decode_chunk_size": 8})})
         report["nan_fired"] = len(log.read_text().splitlines()) if log.exists() else 0
         report["float32_row"], direct = render(
             model, {**base, "id": "f32", "params": json.dumps({"decode_chunk_size": 8, "vae_float32": True})})

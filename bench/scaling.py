@@ -171,7 +171,7 @@ def lost_time(renders: list[dict], ended: float) -> dict:
     by_actor: dict[str, list[dict]] = {}
     for render in sorted(renders, key=lambda r: r["start"]):
         by_actor.setdefault(render["actor"], []).append(render)
-    gaps = [b["start"] - a["end"] for runs in by_actor.values() for a, b in zip(runs, runs[1:])]
+    gaps = [b["start"] - a["end"] for runs in by_actor.values() for a, b in zip(runs, runs[1:], strict=False)]
     return {"ramp_s": max(runs[0]["start"] for runs in by_actor.values()) - min(r["start"] for r in renders),
             "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1), "tail_s": ended - max(r["end"] for r in renders)}
 
@@ -179,7 +179,8 @@ def lost_time(renders: list[dict], ended: float) -> dict:
 def warm_up(args, scratch: Path, actors: int) -> None:
     """One untimed run of `actors` actors, a row each, so every node has as many encode workers started and
     their modules imported as the largest run asks for at once: a long run has them after its first rows."""
-    run(RunConfig(tables=(str(write_rows(scratch / "warm.parquet", actors, args.model)),), out=scratch / "warm", actors=actors),
+    table = write_rows(scratch / "warm.parquet", actors, args.model)
+    run(RunConfig(tables=(str(table),), out=scratch / "warm", actors=actors),
         actor_class=fixed_time_actor(0.0, str(scratch / "warm.jsonl")))
 
 
@@ -210,7 +211,8 @@ def main():
         ray.shutdown()
         cluster.shutdown()
     for r in results:
-        r["efficiency"] = r["throughput_rows_s"] / (r["actors"] * results[0]["throughput_rows_s"] / results[0]["actors"])
+        r["efficiency"] = r["throughput_rows_s"] / (r["actors"] * results[0]["throughput_rows_s"]
+                                                    / results[0]["actors"])
     report = {"measures": "orchestration only (scheduler, actor pool, encode tasks, metadata), not rendering: "
                           "each render is a fixed sleep in a stand-in actor",
               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -233,7 +235,8 @@ def print_table(report: dict) -> None:
     for r in report["results"]:
         print(f"{r['actors']:>6} {r['rows']:>5} {r['ok']:>5} {r['wall_s']:>7.2f} {r['throughput_rows_s']:>7.2f} "
               f"{r['ideal_rows_s']:>6.1f} {r['efficiency']:>6.3f} {r['vs_ideal']:>8.3f} {r['actor_busy']:>5.2f} "
-              f"{r['ramp_s']:>6.2f} {r['gap_ms']:>6.0f} {r['tail_s']:>6.2f} {r['driver_cpu_s']:>12.2f} {r['driver_cpu_ms_per_row']:>6.1f} {r['machine_cpu']:>10.0%} "
+              f"{r['ramp_s']:>6.2f} {r['gap_ms']:>6.0f} {r['tail_s']:>6.2f} {r['driver_cpu_s']:>12.2f} "
+              f"{r['driver_cpu_ms_per_row']:>6.1f} {r['machine_cpu']:>10.0%} "
               f"{r['actor_rss_mb']:>8.0f}")
 
 

@@ -190,7 +190,10 @@ def child(args) -> None:
     folder = Path(folder)
     rows = rows_for(workload, args)
     start = time.time()
-    result = run_bare(workload, rows, args, folder) if mode == "bare" else run_renderer(workload, mode, rows, args, folder)
+    if mode == "bare":
+        result = run_bare(workload, rows, args, folder)
+    else:
+        result = run_renderer(workload, mode, rows, args, folder)
     result.update(start=start, end=time.time())
     (folder / f"{workload}.{mode}.json").write_text(json.dumps(result))
 
@@ -204,7 +207,8 @@ class GpuSampler:
         self.samples: list[tuple[float, float, float]] = []
         try:
             self.process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "100"],
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 "-lms", "100"],
                 stdout=subprocess.PIPE, text=True)
         except FileNotFoundError:
             self.process = None
@@ -349,7 +353,7 @@ def chart(out: Path) -> None:
     results = [r for r in json.loads((out / "speed.json").read_text())["results"] if "error" not in r]
     workloads = list(dict.fromkeys(r["workload"] for r in results))
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
-    for ax, workload in zip(axes[0], workloads):
+    for ax, workload in zip(axes[0], workloads, strict=True):
         entries = [r for r in results if r["workload"] == workload]
         ax.bar([r["mode"] for r in entries], [r["videos_per_hour"] for r in entries], color="#4c72b0")
         ax.set_title(workload)

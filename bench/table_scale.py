@@ -8,8 +8,8 @@ For each size, in a scratch folder: a real Parquet table of text rows; `plan_row
 (flush time is inside `records_s`); the final ordered flush; then, as a second run would, a new store reading that
 file and `carry` for every row with half of the videos in place. `flush_s` is one flush with 1% of the rows new
 (the steady state); `rewrite_s` what that flush costs when every record is converted again, the way a store
-holding records as dicts must. `run_peak_mb` is the process's peak memory after the first run's part. Prints a table and writes JSON; each
-size is measured in its own process.
+holding records as dicts must. `run_peak_mb` is the process's peak memory after the first run's part. Prints a
+table and writes JSON; each size is measured in its own process.
 """
 import argparse
 import json

@@ -23,7 +23,8 @@ WORKING_DIR_EXCLUDES = (
     "bench/results", "out", "runs", "*.mp4", "*.safetensors", "*.bin", "*.ckpt", "*.pt", "*.pth", "*.onnx",
 )
 ACTIVE, DONE = ("PENDING", "RUNNING"), "SUCCEEDED"
-AGENT_WAIT_S = 60  # how long a submission waits for a freshly started cluster's job agent
+# how long a submission waits for a freshly started cluster's job agent
+AGENT_WAIT_S = 60
 
 
 class SubmitError(Exception):
@@ -34,10 +35,14 @@ class SubmitError(Exception):
 class Submission:
     tables: tuple[str, ...]
     out: str
-    address: str  # the dashboard's http://HOST:8265
-    run_args: tuple[str, ...] = ()  # `render run` options passed through, e.g. ("--model", "x", "--actors", "4")
-    env: dict = field(default_factory=dict)  # environment of the job (HF_HOME, HF_HUB_OFFLINE, ...)
-    pip: tuple[str, ...] = ()  # extra requirements installed for the job
+    # the dashboard's http://HOST:8265
+    address: str
+    # `render run` options passed through, e.g. ("--model", "x", "--actors", "4")
+    run_args: tuple[str, ...] = ()
+    # environment of the job (HF_HOME, HF_HUB_OFFLINE, ...)
+    env: dict = field(default_factory=dict)
+    # extra requirements installed for the job
+    pip: tuple[str, ...] = ()
     working_dir: Path = PROJECT_ROOT
 
     def submission_id(self) -> str:
@@ -77,7 +82,8 @@ def submit(submission: Submission, job_id: str | None = None) -> str:
         try:
             return client.submit_job(entrypoint=submission.entrypoint(), submission_id=candidate,
                                      runtime_env=submission.runtime_env(), metadata={"render_run": base})
-        except RuntimeError as exc:  # a cluster that has just started has no job agent for some seconds
+        except RuntimeError as exc:
+            # a cluster that has just started has no job agent for some seconds
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise SubmitError(f"the cluster refused the job: {exc}") from None
             time.sleep(2)
@@ -146,13 +152,15 @@ def _shipped_files(root: Path):
 
 def _excluded(path: Path) -> bool:
     text = path.as_posix()
-    return any(fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(text, pattern) for pattern in WORKING_DIR_EXCLUDES)
+    return any(fnmatch.fnmatch(path.name, pattern) or fnmatch.fnmatch(text, pattern)
+               for pattern in WORKING_DIR_EXCLUDES)
 
 
 def _package_limit() -> int:
     try:
         from ray._private.runtime_env.packaging import GCS_STORAGE_MAX_SIZE
-    except ImportError:  # where a Ray release moves it: its documented 500 MiB
+    except ImportError:
+        # where a Ray release moves it: its documented 500 MiB
         return 500 * 2**20
     return GCS_STORAGE_MAX_SIZE
 
@@ -172,9 +180,9 @@ def _use_local_token() -> None:
     """Send the token found on this machine (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) as ray.init does when
     RAY_AUTH_MODE is unset; the token itself is never printed or recorded."""
     try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
-    except ImportError:  # a Ray without token authentication
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:
+        # a Ray without token authentication
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 

@@ -54,7 +54,8 @@ RUN_OPTIONS = (
                  help="Tries per row before it is recorded `failed`."),
     click.option("--no-resume", is_flag=True, help="Render every row again, even those already committed."),
     click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns instead of refusing the table."),
-    click.option("--cpu-offload", is_flag=True, help="Keep sub-models on the CPU until they run (CUDA: less GPU memory)."),
+    click.option("--cpu-offload", is_flag=True,
+                 help="Keep sub-models on the CPU until they run (CUDA: less GPU memory)."),
     click.option("--compile", "compile_", is_flag=True,
                  help="torch.compile the denoiser; each actor compiles the model's default shape before "
                       "its first row, other shapes on first use."),
@@ -62,8 +63,9 @@ RUN_OPTIONS = (
                  help="Weights and activations on CUDA [default: float16]; the CPU always runs float32."),
     click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
                  help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
-    click.option("--allow-pickle", is_flag=True, help="Let checkpoints without safetensors load pickle weights "
-                                                      "(.bin). Unpickling can run code: only for checkpoints you trust."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Let checkpoints without safetensors load pickle weights (.bin). Unpickling can run code: "
+                      "only for checkpoints you trust."),
 
     click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
                  help="Fail a task that executes longer than this (a row; for a long row, each chunk and the "
@@ -71,8 +73,9 @@ RUN_OPTIONS = (
                       "killed and replaced, and the rows queued behind it go on. Set it well above your slowest "
                       "row, model loading excluded [default: no limit]."),
 )
-RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "threads_per_actor", "device", "seed", "max_attempts", "no_resume",
-                    "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle", "row_timeout")
+RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "threads_per_actor", "device", "seed", "max_attempts",
+                    "no_resume", "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle",
+                    "row_timeout")
 
 
 def run_options(command):
@@ -116,26 +119,28 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
     from cluster.connect import connect
     from cluster.submit import auth_warning
     from renderer.options import LoadOptions
-    from renderer.run import RunConfig, plan_rows
-    from renderer.run import run as run_all
+    from renderer.run import RunConfig, plan_rows, run as run_all
 
     load = LoadOptions(cpu_offload=cpu_offload, compile=compile_, dtype=dtype, allow_pickle=allow_pickle)
     config = RunConfig(tables=tables, out=out, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
                        threads_per_actor=threads_per_actor, device=device, seed=seed, max_attempts=max_attempts,
                        resume=not no_resume, ignore_extra=ignore_extra, max_frames=max_frames,
                        row_timeout=row_timeout, load=load)
-    try:  # before Ray starts
+    # before Ray starts
+    try:
         plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
         _table_error(exc)
     if warning := auth_warning(address):
         click.echo(warning, err=True)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a stopped Ray Job: record what finished, then exit
+    # a stopped Ray Job: record what finished, then exit
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         summary = run_all(config, plan, connect=lambda: connect(address, actors))
     except ConfigError as exc:
         _table_error(exc)
-    except WriteFailed as exc:  # the final metadata write: what this run rendered is not recorded
+    except WriteFailed as exc:
+        # the final metadata write: what this run rendered is not recorded
         click.echo(f"error: the run's records could not be saved: {exc}. The previous {METADATA_FILE} is intact; "
                    "run the same command again once the output is writable (rows not recorded render again).",
                    err=True)
@@ -151,7 +156,8 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
 @click.option("--job-id", help="Submission id [default: derived from the tables, --out and the options].")
 @click.option("--env", "env_vars", multiple=True, metavar="KEY=VALUE",
               help="Environment of the job, e.g. HF_HOME=/mnt/shared/hf or HF_HUB_OFFLINE=1 (repeatable).")
-@click.option("--pip", multiple=True, metavar="REQUIREMENT", help="Extra requirement installed for the job (repeatable).")
+@click.option("--pip", multiple=True, metavar="REQUIREMENT",
+              help="Extra requirement installed for the job (repeatable).")
 @run_options
 @click.pass_context
 def submit(ctx, tables, out, address, job_id, env_vars, pip, **run_opts):
@@ -279,7 +285,8 @@ def _job_verb(verb, address, job_id, *args, **kwargs):
         return verb(address, job_id, *args, **kwargs)
     except SubmitError as exc:
         _table_error(exc)
-    except RuntimeError as exc:  # the job client's "job does not exist" and the like
+    except RuntimeError as exc:
+        # the job client's "job does not exist" and the like
         _table_error(exc)
 
 

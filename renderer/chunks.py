@@ -137,13 +137,16 @@ def stitch(chunks: tuple[Chunk, ...], parts: list[np.ndarray]) -> np.ndarray:
 
     Works frame by frame, so a long video never needs more than its own size in memory (uint8 frames
     stay uint8; latents stay float32)."""
-    for chunk, part in zip(chunks, parts):
+    if len(parts) != len(chunks):
+        raise ValueError(f"{len(parts)} parts for {len(chunks)} chunks")
+    for chunk, part in zip(chunks, parts, strict=True):
         if len(part) != chunk.frames:
             raise ValueError(f"chunk {chunk.index} has {len(part)} frames, planned {chunk.frames}")
     weights = blend_weights(chunks)
     out = np.empty((chunks[-1].end, *parts[0].shape[1:]), parts[0].dtype)
     for t in range(len(out)):
-        covering = [(part[t - c.start], w[t - c.start]) for c, part, w in zip(chunks, parts, weights) if c.start <= t < c.end]
+        covering = [(part[t - c.start], w[t - c.start])
+                    for c, part, w in zip(chunks, parts, weights, strict=True) if c.start <= t < c.end]
         if len(covering) == 1:
             out[t] = covering[0][0]
             continue

@@ -25,7 +25,8 @@ class RowRejected(Exception):
         self.rule = rule
         super().__init__(f"{column}={_show(value)}: {rule}")
 
-    def __reduce__(self):  # crosses process boundaries (actor -> driver) intact
+    # crosses process boundaries (actor -> driver) intact
+    def __reduce__(self):
         return type(self), (self.column, self.value, self.rule)
 
 

@@ -35,7 +35,8 @@ def input_ref(column: str, value, table_dir: str | Path, allow_bytes: bool) -> s
     location = storage.resolve(table_dir, value)
     try:
         found = storage.is_file(location)
-    except OSError as exc:  # the store refused or could not be reached
+    except OSError as exc:
+        # the store refused or could not be reached
         raise RowRejected(column, value, f"cannot reach {location} ({exc})") from None
     if not found:
         raise RowRejected(column, value, f"no such file (resolved to {location})")
@@ -105,9 +106,11 @@ def _opened_image(ref: str | bytes):
         if not data:
             raise RowRejected("image", ref, "not a readable image (empty)")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit checked below is lower
+            # the limit checked below is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:  # far past PIL's own limit: it refuses before telling the size
+    except Image.DecompressionBombError as exc:
+        # far past PIL's own limit: it refuses before telling the size
         found = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_large(ref, found.group(1) if found else "too many") from None
     except RowRejected:
@@ -139,7 +142,8 @@ def _unreadable(ref: str | bytes, exc: Exception) -> RowRejected:
 def _to_rgb(img):
     from PIL import Image
 
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit greyscale (PNG): 0..65535 onto 0..255
+    # 16-bit greyscale (PNG): 0..65535 onto 0..255
+    if img.mode.startswith("I;16") or img.mode == "I":
         import numpy as np
 
         wide = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)

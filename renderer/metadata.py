@@ -36,7 +36,8 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "video_path": request.video_path if status == "ok" else None,
         "model": request.model, "prompt": request.prompt, "family": request.family, "seed": request.seed,
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
-        "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"), "actor": info.get("actor"),
+        "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"),
+        "actor": info.get("actor"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint,
         "recoveries": info.get("recoveries") or None, "prompt_truncated": info.get("prompt_truncated"),
         "finished_at": time.time(),
@@ -90,7 +91,8 @@ class MetadataStore:
         if status != "ok" or fingerprint != request.fingerprint or video_path is None:
             return False
         if self._videos is None:
-            self._videos = {f"{VIDEOS_DIR}/{name}" for name in storage.file_names(storage.join(self.out_dir, VIDEOS_DIR))}
+            names = storage.file_names(storage.join(self.out_dir, VIDEOS_DIR))
+            self._videos = {f"{VIDEOS_DIR}/{name}" for name in names}
         if video_path not in self._videos:
             return False
         self._carried.append(row)
@@ -149,7 +151,7 @@ class MetadataStore:
             return _empty()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema():
     import pyarrow as pa
 

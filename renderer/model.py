@@ -1,9 +1,10 @@
 """A loaded pipeline and the one code path that turns a row into frames."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

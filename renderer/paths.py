@@ -76,13 +76,16 @@ def output_lock(out_dir):
         while not storage.create_exclusive(path, holder):
             other = _read_lock(path)
             if other and other.get("host") == holder["host"] and not _alive(other.get("pid")):
-                storage.delete(path)  # its run is gone: take over
+                # its run is gone: take over
+                storage.delete(path)
                 continue
-            who = f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other else "an unknown run"
+            who = (f"pid {other.get('pid')} on {other.get('host')} since {other.get('since')}" if other
+                   else "an unknown run")
             job = f" (Ray job {other['job']})" if other and other.get("job") else ""
             raise ConfigError(f"{out_dir} is in use by another run: {who}{job}. Wait for it to finish, or delete "
                               f"{path} if that run is gone")
-    except (OSError, ValueError) as exc:  # unwritable folder, missing bucket, no credentials, unknown scheme
+    except (OSError, ValueError) as exc:
+        # unwritable folder, missing bucket, no credentials, unknown scheme
         raise ConfigError(f"{out_dir}: cannot take the output lock {path} ({exc})") from None
     try:
         yield
@@ -93,17 +96,20 @@ def output_lock(out_dir):
 def _read_lock(path) -> dict | None:
     try:
         return json.loads(storage.read_bytes(path))
-    except (OSError, ValueError):  # being written this instant, or damaged
+    except (OSError, ValueError):
+        # being written this instant, or damaged
         return None
 
 
 def _alive(pid) -> bool:
     if not isinstance(pid, int):
-        return True  # unknown: assume it runs
+        # unknown: assume it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by another user
+    except PermissionError:
+        # exists, owned by another user
         return True
     return True

@@ -54,7 +54,8 @@ def _bar(fraction: float, width: int = 24) -> str:
 
 
 def _clock(seconds: float) -> str:
-    if seconds != seconds:  # NaN: no rate yet
+    # NaN: no rate yet
+    if seconds != seconds:
         return "--:--"
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)

@@ -68,7 +68,7 @@ class RenderRequest:
 
 def derive_seed(base_seed: int, row_id: str) -> int:
     """A row's default seed: stable whatever the actor count, the row order or the other rows."""
-    digest = hashlib.sha256(f"{base_seed}\x00{row_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{base_seed}\x00{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
@@ -86,8 +86,8 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     num_frames = _frame_count(row, spec, max_frames)
     chunk_mode, plan = _chunking(num_frames, spec, params)
     if "step_cache" in params and params.get("free_init") is not None:
-        raise RowRejected("params.step_cache", params["step_cache"], "cannot be combined with free_init: every FreeInit "
-                          "pass starts from new noise, so features of the last pass must not be reused")
+        raise RowRejected("params.step_cache", params["step_cache"], "cannot be combined with free_init: every "
+                          "FreeInit pass starts from new noise, so features of the last pass must not be reused")
     request = RenderRequest(
         id=row_id,
         model=spec.name,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import storage
 from .errors import ConfigError, RowRejected
@@ -139,7 +139,7 @@ def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSumma
     summary.stopped = breaker.reason
     summary.counts.update(table.column("status").to_pylist())
     failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)
-    summary.errors = list(zip(failed.column("id").to_pylist(), failed.column("error").to_pylist()))
+    summary.errors = list(zip(failed.column("id").to_pylist(), failed.column("error").to_pylist(), strict=True))
     return summary
 
 

@@ -10,8 +10,9 @@ storage keeps failing (WriteBreaker) it stops taking new work and reports the ro
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Iterable, Protocol
+from typing import Any, Protocol
 
 OK, REJECTED, ERROR, CRASHED = "ok", "rejected", "error", "crashed"
 FAILED = "failed"  # failed for good (bad output after the actor's own retry): never retried
@@ -62,7 +63,7 @@ class RowState:
     done: bool = False
 
     @classmethod
-    def start(cls, request) -> "RowState":
+    def start(cls, request) -> RowState:
         chunks = len(request.plan)
         first = [0] if chunks == 1 or request.chunk_mode == "chain" else range(chunks)
         return cls(request, deque(Task(request, i) for i in first))

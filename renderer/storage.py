@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 from .errors import WriteFailed
 
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-TEMP_MARK = ".tmp-"  # local temporary files only: an object store never sees one
+# local temporary files only: an object store never sees one
+TEMP_MARK = ".tmp-"
 
 
 def is_uri(location) -> bool:
@@ -217,7 +218,7 @@ def _fs(location: str):
     return filesystem, posixpath.join(root, parts.path.lstrip("/"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filesystem(scheme: str, netloc: str):
     """One filesystem per bucket and process: building one may ask the store for the bucket's region.
     Built by from_uri rather than S3FileSystem(): in pyarrow 26 only from_uri applies AWS_ENDPOINT_URL(_S3)

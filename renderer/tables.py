@@ -16,14 +16,16 @@ MIXED_KINDS = {"image"}
 @dataclass(frozen=True)
 class TableRow:
     row: dict
-    table_dir: str  # relative image paths resolve against the table's own location (folder or prefix)
+    # relative image paths resolve against the table's own location (folder or prefix)
+    table_dir: str
     source: str
 
 
 def read_tables(paths, ignore_extra: bool = False) -> list[TableRow]:
     """Rows of every table (local paths or object URIs), after the table-level checks."""
     rows: list[TableRow] = []
-    seen: dict[str, tuple[str, object, str]] = {}  # column -> (kind, type, table) of the first table giving it
+    # column -> (kind, type, table) of the first table giving it
+    seen: dict[str, tuple[str, object, str]] = {}
     for path in map(str, paths):
         table = _read(path)
         _check_columns(path, table.column_names, ignore_extra)
@@ -35,7 +37,8 @@ def read_tables(paths, ignore_extra: bool = False) -> list[TableRow]:
         keep = [c for c in table.column_names if c in COLUMNS]
         folder = storage.parent(path)
         rows += [TableRow(row, folder, path) for row in table.select(keep).to_pylist()]
-    if not rows:  # most likely the wrong file or an export that went wrong, not a run meant to do nothing
+    if not rows:
+        # most likely the wrong file or an export that went wrong, not a run meant to do nothing
         raise TableError(f"{', '.join(map(str, paths))}: no rows; nothing to render")
     duplicates = [i for i, n in Counter(r.row["id"] for r in rows).items() if n > 1]
     if duplicates:
@@ -90,7 +93,8 @@ def _check_video_paths(rows: list[TableRow]) -> None:
 def _read(path: str):
     try:
         found = storage.kind(path)
-    except (OSError, ValueError) as exc:  # no credentials, unreachable store, unknown scheme
+    except (OSError, ValueError) as exc:
+        # no credentials, unreachable store, unknown scheme
         raise TableError(f"{path}: cannot reach ({exc})") from None
     if found is None:
         raise TableError(f"{path}: no such file")
@@ -98,7 +102,8 @@ def _read(path: str):
         raise TableError(f"{path}: is a directory; name the Parquet files")
     try:
         return storage.read_parquet(path)
-    except Exception as exc:  # ArrowInvalid, OSError: a corrupt, truncated or non-Parquet file
+    except Exception as exc:
+        # ArrowInvalid, OSError: a corrupt, truncated or non-Parquet file
         raise TableError(f"{path}: not a readable Parquet file ({exc})") from None
 
 

@@ -126,8 +126,10 @@ def hostile_prompts(folder: Path) -> dict[str, str]:
     """id -> prompt for some of the hostile ids (the others get a plain one): each renders, stored as given."""
     return {
         "x" * 300: "a fox in the snow, " * 530,  # about 10,000 characters: far past CLIP's 77 tokens
-        "\U0001f3ac scene": "a \U0001f98a fox \U0001f3ac in \u2744\ufe0f snow \U0001f468\u200d\U0001f469\u200d\U0001f467",
-        "\u05e9\u05dc\u05d5\u05dd": "\u05e9\u05d5\u05e2\u05dc \u05d1\u05e9\u05dc\u05d2 \u062b\u0639\u0644\u0628 \u0641\u064a \u0627\u0644\u062b\u0644\u062c",
+        "\U0001f3ac scene": ("a \U0001f98a fox \U0001f3ac in \u2744\ufe0f snow "
+                             "\U0001f468\u200d\U0001f469\u200d\U0001f467"),
+        "\u05e9\u05dc\u05d5\u05dd": ("\u05e9\u05d5\u05e2\u05dc \u05d1\u05e9\u05dc\u05d2 "
+                                     "\u062b\u0639\u0644\u0628 \u0641\u064a \u0627\u0644\u062b\u0644\u062c"),
         "a/b": metachar_prompt(folder),
     }
 
@@ -146,7 +148,8 @@ def test_hostile_ids_and_prompts_render_inside_out_and_links_are_replaced(ray_se
     (out / "metadata.parquet").symlink_to(victim_table)
     prompts = hostile_prompts(tmp_path)
     rows = [{"id": i, "prompt": prompts.get(i, f"scene {n}"), **FAST} for n, i in enumerate(HOSTILE_IDS)]
-    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff"))
+    table = str(write_table(tmp_path / "t.parquet", rows))
+    summary = run(RunConfig(tables=(table,), out=out, model="tiny-animatediff"))
 
     assert summary.counts == {"ok": len(rows)}
     records = read_metadata(out)
@@ -190,7 +193,8 @@ def png_header(width: int, height: int) -> bytes:
     """A PNG that claims a size and holds no pixels: what a decompression bomb looks like to a header reader."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b"")
 
 
 def exif_rotated() -> bytes:
@@ -233,7 +237,8 @@ GOOD_IMAGES = {  # name -> (bytes, PIL's mode, what the decoded RGB must show)
     "exif-rotated.jpg": (exif_rotated(), "RGB", lambda rgb: rgb.shape == (48, 32, 3) and rgb[:8, -8:, 0].mean() > 200
                          and rgb[:8, :8].max() < 30),
     "gray16.png": (gray16(), "I;16", lambda rgb: rgb[0, :, 0].tolist() == [0, 64, 128, 255]),  # scaled, not clipped
-    "rgba.png": (rgba(), "RGBA", lambda rgb: rgb[0, 0].tolist() == [200, 30, 60] and rgb[1, 1].tolist() == [255, 255, 255]),
+    "rgba.png": (rgba(), "RGBA",
+                 lambda rgb: rgb[0, 0].tolist() == [200, 30, 60] and rgb[1, 1].tolist() == [255, 255, 255]),
     "palette.png": (palette(), "P", lambda rgb: rgb[0, 0].tolist() == [20, 40, 250]),
     "cmyk.jpg": (cmyk(), "CMYK", lambda rgb: np.abs(rgb[0, 0].astype(int) - [200, 30, 60]).max() <= 3),
 }
@@ -413,7 +418,8 @@ def test_allow_pickle_is_a_run_option_handed_on_by_submit():
 CUSTOM_CODE = {  # model_index.json entries -> words of the refusal
     "custom pipeline class": ({"_class_name": ["pipeline_evil", "EvilPipeline"]}, "names a custom pipeline"),
     "component from a module file": ({"unet": ["evil", "EvilUNet"]}, "component 'unet' comes from 'evil'"),
-    "component from an installed package": ({"scheduler": ["json", "JSONDecoder"]}, "component 'scheduler' comes from 'json'"),
+    "component from an installed package": ({"scheduler": ["json", "JSONDecoder"]},
+                                            "component 'scheduler' comes from 'json'"),
 }
 
 
@@ -422,8 +428,9 @@ def test_checkpoints_bringing_code_are_refused_before_any_import(case, tmp_path)
     entries, words = CUSTOM_CODE[case]
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": "0.42.1", "vae": ["diffusers", "AutoencoderKL"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": [None, None], **entries}
+    index = {"_class_name": "AnimateDiffPipeline", "_diffusers_version": "0.42.1",
+             "vae": ["diffusers", "AutoencoderKL"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder": [None, None], **entries}
     (folder / "model_index.json").write_text(json.dumps(index))
     marker = tmp_path / "imported"
     for module in ("pipeline_evil.py", "evil.py", "unet/evil.py"):  # what diffusers would import by name

@@ -89,7 +89,8 @@ def test_t2v_zero_sdxl_knobs(t2v_zero_sdxl):
     row = {"id": "k", "prompt": "dunes", "seed": 5, "num_frames": 3, "num_inference_steps": 2}
     default = t2v_zero_sdxl.render(row)
     assert not np.array_equal(default, t2v_zero_sdxl.render({**row, "params": '{"motion_field_strength_x": 60.0}'}))
-    with pytest.raises(RowRejected, match=r'params.eta=0.5: EulerDiscreteScheduler takes no eta; set params.scheduler to "ddim"'):
+    with pytest.raises(RowRejected,
+                       match=r'params.eta=0.5: EulerDiscreteScheduler takes no eta; set params.scheduler to "ddim"'):
         t2v_zero_sdxl.render({**row, "params": '{"eta": 0.5}'})
     with pytest.raises(RowRejected, match="params.t1=2: must be < num_inference_steps"):
         t2v_zero_sdxl.render({**row, "params": '{"t1": 2}'})
@@ -122,7 +123,8 @@ def test_saved_sdxl_folder_resolves_to_the_family_and_renders_the_same(t2v_zero_
     fresh("t2v-zero-sdxl").save_pretrained(folder)
     assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
     spec = resolve_model(str(folder))
-    assert (spec.family.name, spec.source, spec.window, spec.defaults.height) == ("t2v-zero-sdxl", "checkpoint", 8, 1024)
+    assert ((spec.family.name, spec.source, spec.window, spec.defaults.height)
+            == ("t2v-zero-sdxl", "checkpoint", 8, 1024))
     row = {"id": "s", "prompt": "a red kite", "seed": 3, "num_frames": 3, "height": 64, "width": 64,
            "num_inference_steps": 2, "params": '{"scheduler": "ddim", "eta": 0.5}'}
     frames = renderer.load(str(folder)).render(row)
@@ -156,8 +158,9 @@ def save_as_image_pipeline(family: str, folder) -> None:
     if family == "t2v-zero":
         tiny = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
         with seeded_build("cpu"):  # its concept thresholds start at 1, so it flags nothing
+            vision = {**tiny, "image_size": 224, "patch_size": 32}
             checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=tiny, projection_dim=32,
-                                                              vision_config={**tiny, "image_size": 224, "patch_size": 32}))
+                                                              vision_config=vision))
         parts.update(safety_checker=checker, feature_extractor=clip_image_processor())
         diffusers.StableDiffusionPipeline(**parts).save_pretrained(folder)
     else:

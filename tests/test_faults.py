@@ -102,7 +102,8 @@ def test_a_killed_driver_resumes_without_rendering_a_committed_row_again(tmp_pat
     mtimes = {i: (out / video_relpath(i)).stat().st_mtime_ns for i in committed}
     # what a run killed mid-write leaves, planted where the next rows will be written: never promoted
     pending = next(i for i in ids if i not in committed)
-    planted = [out / "videos" / f".tmp-0123456789ab-{Path(video_relpath(pending)).name}", out / ".tmp-0123-metadata.parquet"]
+    planted = [out / "videos" / f".tmp-0123456789ab-{Path(video_relpath(pending)).name}",
+               out / ".tmp-0123-metadata.parquet"]
     for path in planted:
         path.write_bytes(b"partial")
 

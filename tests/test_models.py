@@ -67,7 +67,8 @@ def random_components(preset: str) -> dict:
 
 def test_random_presets_have_the_published_sizes():
     svd_xt = random_components("random-svd-xt")
-    assert count(svd_xt["unet"]) / 1e9 == pytest.approx(1.52, abs=0.02) and svd_xt["unet"].config.num_frames == 25  # SVD-XT UNet
+    # SVD-XT UNet
+    assert count(svd_xt["unet"]) / 1e9 == pytest.approx(1.52, abs=0.02) and svd_xt["unet"].config.num_frames == 25
     assert 6.2e8 < count(svd_xt["image_encoder"]) < 6.4e8  # CLIP ViT-H/14 vision tower
     ad = random_components("random-animatediff")
     assert 8.5e8 < count(ad["unet"]) < 8.7e8  # SD1.5 UNet

@@ -38,7 +38,8 @@ def test_memory_ladder_shrinks_decodes_then_tiles_then_offloads():
     assert memory_rungs(FAMILIES["animatediff"], request(), "cuda", offloaded=True)[-1] != {"cpu_offload": True}
     png = io.BytesIO()
     Image.new("RGB", (64, 64)).save(png, "PNG")
-    svd = memory_rungs(FAMILIES["svd"], to_request({"id": "s", "image": png.getvalue()}, default_model="tiny-svd"), "cpu")
+    svd_request = to_request({"id": "s", "image": png.getvalue()}, default_model="tiny-svd")
+    svd = memory_rungs(FAMILIES["svd"], svd_request, "cpu")
     assert svd == [{"decode_chunk_size": 7}, {"decode_chunk_size": 1, "forward_chunking": 1}]  # SVD has no slicing
 
 
@@ -67,7 +68,8 @@ def test_out_of_memory_past_the_last_rung_raises(animatediff, inject):
 def test_nan_frames_are_retried_once_with_a_float32_vae(animatediff, inject):
     from renderer.errors import BadOutput
 
-    inject({"point": "output", "fault": "nan", "id": "once", "times": 1}, {"point": "output", "fault": "nan", "id": "always"},
+    inject({"point": "output", "fault": "nan", "id": "once", "times": 1},
+           {"point": "output", "fault": "nan", "id": "always"},
            {"point": "output", "fault": "black", "id": "dark", "times": 1})
     assert animatediff.render(request("once")).shape == (6, 64, 64, 3)
     assert animatediff.recoveries == ["nan_output: vae_float32=True"]
@@ -84,10 +86,13 @@ def test_run_records_recoveries_fails_bad_output_for_good_and_replaces_a_poisone
            {"point": "render", "fault": "cuda_error", "id": "poisoned", "times": 1})
     rows = [dict(id=i, prompt=f"scene {i}", **FAST) for i in ("oom", "nan", "poisoned", "plain")]
     out = tmp_path / "out"
-    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff", actors=1))
-    assert [len(faults.fired(p, i)) for p, i in (("render", "oom"), ("output", "nan"), ("render", "poisoned"))] == [1, 2, 1]
+    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff",
+                            actors=1))
+    fired = [len(faults.fired(p, i)) for p, i in (("render", "oom"), ("output", "nan"), ("render", "poisoned"))]
+    assert fired == [1, 2, 1]
     records = check_invariants(out, [row["id"] for row in rows], summary.exit_code)
-    assert records["oom"]["status"] == "ok" and records["oom"]["recoveries"] == ["out_of_memory: decode_chunk_size=3, vae_slicing=True"]
+    assert records["oom"]["status"] == "ok"
+    assert records["oom"]["recoveries"] == ["out_of_memory: decode_chunk_size=3, vae_slicing=True"]
     nan = records["nan"]
     assert (nan["status"], nan["attempts"], nan["video_path"]) == ("failed", 1, None)  # not retried by the scheduler
     assert nan["error"].startswith("nan_output")

@@ -49,7 +49,8 @@ def test_example_table_renders_to_checked_mp4s(ray_session, tmp_path):
         frames, fps = read_mp4(out / rec["video_path"])
         assert frames.shape == (rec["num_frames"], rec["height"], rec["width"], 3)
         assert fps == rec["fps"] and rec["chunks"] == 1 and rec["gpu"] == "cpu" and rec["seconds"] > 0
-    assert (records["ocean-waves"]["num_frames"], records["dusk"]["fps"], records["sunrise"]["num_frames"]) == (12, 6, 14)
+    assert ((records["ocean-waves"]["num_frames"], records["dusk"]["fps"], records["sunrise"]["num_frames"])
+            == (12, 6, 14))
     check_invariants(out, list(records), result.exit_code)
     assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "videos"]  # no temporary file left
 
@@ -135,7 +136,8 @@ def test_bad_rows_are_rejected_and_cost_no_other_row(ray_session, tmp_path, imag
     ]
     # a second table with encoded images: passes the driver's cheap header check, fails the actor's full
     # decode, so it is rejected there and not retried
-    binary = write_table(tmp_path / "bytes.parquet", [dict(id="truncated-jpeg", model="tiny-svd", image=truncated_jpeg())])
+    binary = write_table(tmp_path / "bytes.parquet",
+                         [dict(id="truncated-jpeg", model="tiny-svd", image=truncated_jpeg())])
     (tmp_path / "cond.png").write_bytes(image_file.read_bytes())
     out = tmp_path / "out"
     result = render([write_table(tmp_path / "t.parquet", rows), binary], out)
@@ -143,14 +145,15 @@ def test_bad_rows_are_rejected_and_cost_no_other_row(ray_session, tmp_path, imag
     records = check_invariants(out, [row["id"] for row in rows] + ["truncated-jpeg"], result.exit_code)
     assert records["good"]["status"] == records["../../escape"]["status"] == "ok"
     expected = {"no-prompt": "prompt=None: required", "no-image": "image=None: required",
-                "url-image": "image='http://example.com/x.png': absolute URLs", "odd-size": "height=60: must be divisible",
-                "too-long": "num_frames=5000: exceeds the cap of 2048", "bad-knob": "params.motion_scale=1: not a parameter",
-                "truncated-jpeg": "image=<"}
+                "url-image": "image='http://example.com/x.png': absolute URLs",
+                "odd-size": "height=60: must be divisible", "too-long": "num_frames=5000: exceeds the cap of 2048",
+                "bad-knob": "params.motion_scale=1: not a parameter", "truncated-jpeg": "image=<"}
     for row_id, words in expected.items():
         assert records[row_id]["status"] == "rejected" and words in records[row_id]["error"], records[row_id]
         assert records[row_id]["video_path"] is None
     assert (out / records["../../escape"]["video_path"]).resolve().parent == (out / "videos").resolve()
-    assert "image file is truncated" in records["truncated-jpeg"]["error"] and records["truncated-jpeg"]["attempts"] == 1
+    truncated = records["truncated-jpeg"]
+    assert "image file is truncated" in truncated["error"] and truncated["attempts"] == 1
     assert "7 rejected" in result.output and "2 ok" in result.output
 
 
@@ -175,7 +178,8 @@ def test_a_failing_row_is_retried_then_failed_and_the_run_goes_on(ray_session, t
 def test_a_killed_actor_row_is_retried_on_a_fresh_actor(ray_session, tmp_path):
     rows = [dict(id=f"k{i}", prompt="x", num_frames=16, num_inference_steps=12) for i in range(3)]
     out = tmp_path / "out"
-    config = RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-animatediff", actors=1)
+    table = str(write_table(tmp_path / "t.parquet", rows))
+    config = RunConfig(tables=(table,), out=out, model="tiny-animatediff", actors=1)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("summary", run(config)))
     worker.start()

@@ -56,7 +56,8 @@ def run(script, capacity=2, max_attempts=3, rows=("a", "b", "c", "d"), executor=
     executor = executor or ScriptedExecutor(capacity, script)
     done = {}
     requests = [Req(r) if isinstance(r, str) else r for r in rows]
-    Scheduler(executor, max_attempts, lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info, o.error))).run(requests)
+    Scheduler(executor, max_attempts,
+              lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info, o.error))).run(requests)
     return {k: v[:2] for k, v in done.items()}, executor, {k: v[2] for k, v in done.items()}, \
         {k: v[3] for k, v in done.items()}
 

@@ -107,10 +107,9 @@ def test_step_cache_is_checked_per_row():
 
 
 def test_dtype_needs_cuda(ray_session, tmp_path):
+    from conftest import write_table
     from renderer.errors import ConfigError
     from renderer.run import RunConfig, run
-
-    from conftest import write_table
 
     table = write_table(tmp_path / "t.parquet", [dict(id="a", **ROW)])
     with pytest.raises(ConfigError, match="--dtype bfloat16 needs CUDA"):
@@ -126,7 +125,7 @@ def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):
     report = json.loads((out / "speed.json").read_text())
     results = {r["mode"]: r for r in report["results"]}
     assert set(results) == {"bare", "default", "cache4"}
-    for mode, r in results.items():
+    for r in results.values():
         assert r["videos"] == 2 and r["s_per_video"] > 0 and r["vs_bare"] > 0 and r["denoiser_tflops"] > 0
         for path in r["videos_paths"].values():
             assert read_mp4(path)[0].shape == (16, 64, 64, 3)

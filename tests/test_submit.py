@@ -155,7 +155,7 @@ def test_two_runs_on_one_output_the_second_refuses_naming_the_holder(tmp_path):
         with pytest.raises(ConfigError, match=rf"in use by another run: pid {os.getpid()} on {socket.gethostname()}"):
             with output_lock(tmp_path):
                 pass
-    (tmp_path / ".render.lock").write_text('{"host": "%s", "pid": 999999999}' % socket.gethostname())
+    (tmp_path / ".render.lock").write_text(f'{{"host": "{socket.gethostname()}", "pid": 999999999}}')
     with output_lock(tmp_path):  # a dead holder on this host: taken over
         assert (tmp_path / ".render.lock").read_text().count(str(os.getpid())) == 1
     assert not (tmp_path / ".render.lock").exists()

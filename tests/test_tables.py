@@ -36,7 +36,8 @@ CASES = {
 def test_table_errors_exit_2_and_render_nothing(case, tmp_path):
     make, words = CASES[case]
     table = make(tmp_path)
-    result = CliRunner().invoke(main, ["run", str(table), "--out", str(tmp_path / "out"), "--model", "tiny-animatediff"])
+    result = CliRunner().invoke(main, ["run", str(table), "--out", str(tmp_path / "out"),
+                                       "--model", "tiny-animatediff"])
     assert result.exit_code == 2, result.output
     assert words in result.output and "error:" in result.output
     assert not (tmp_path / "out").exists()
@@ -57,7 +58,8 @@ def test_ignore_extra_skips_unknown_columns(tmp_path):
 
 
 def test_validate_lists_rejected_rows(tmp_path):
-    table = write_table(tmp_path / "t.parquet", [{"id": "good", "prompt": "x"}, {"id": "bad", "prompt": "x", "height": 60}])
+    table = write_table(tmp_path / "t.parquet",
+                        [{"id": "good", "prompt": "x"}, {"id": "bad", "prompt": "x", "height": 60}])
     result = CliRunner().invoke(main, ["validate", str(table), "--model", "tiny-animatediff"])
     assert result.exit_code == 1
     assert "rejected 'bad': height=60: must be divisible by 8" in result.output

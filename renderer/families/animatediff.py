@@ -18,7 +18,8 @@ class AnimateDiff(Family):
         if size == "tiny":
             adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2,
                                     motion_norm_num_groups=2, motion_num_attention_heads=4)
-        else:  # guoyww/animatediff-motion-adapter-v1-5-2
+        else:
+            # guoyww/animatediff-motion-adapter-v1-5-2
             adapter = MotionAdapter()
         # the scheduler the AnimateDiff guide pairs with SD1.5
         ddim = scheduler("DDIMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="linear",
@@ -48,11 +49,13 @@ FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context window
                        "context_stride": Param(int, "step between windows", minimum=1),
                        "weighting_scheme": Param(str, "blending of overlaps",
                                                  choices=("flat", "pyramid", "delayed_reverse_sawtooth")),
-                       "noise_type": Param(str, "initial noise", choices=("shuffle_context", "repeated_context", "random")),
+                       "noise_type": Param(str, "initial noise",
+                                           choices=("shuffle_context", "repeated_context", "random")),
                    })
 
 ANIMATEDIFF = AnimateDiff(
-    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16, layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
+    name="animatediff", pipeline_class="AnimateDiffPipeline", inputs=("prompt",), window=16,
+    layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
     params={
@@ -62,7 +65,8 @@ ANIMATEDIFF = AnimateDiff(
     },
     options={"free_init": FREE_INIT, "free_noise": FREE_NOISE},
     schedulers=("ddim", "euler", "euler_ancestral", "dpm++", "pndm"),
-    checkpoints=("guoyww/animatediff-motion-adapter-v1-5-2 on runwayml/stable-diffusion-v1-5 (saved as one AnimateDiffPipeline folder)",),
+    checkpoints=("guoyww/animatediff-motion-adapter-v1-5-2 on runwayml/stable-diffusion-v1-5 "
+                 "(saved as one AnimateDiffPipeline folder)",),
 )
 
 FAMILIES = (ANIMATEDIFF,)

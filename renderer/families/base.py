@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .. import denoiser
 from ..chunks import ANCHORED, FRAME_LAYOUT, LatentLayout
@@ -39,7 +40,7 @@ class Param:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
-    fields: Mapping[str, "Param"] | None = None  # for kind dict: the allowed keys, all optional
+    fields: Mapping[str, Param] | None = None  # for kind dict: the allowed keys, all optional
 
     def check(self, key: str, value: Any) -> Any:
         column = f"params.{key}"
@@ -96,7 +97,8 @@ MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the
 
 
 STEP_CACHE = Param(int, "DeepCache: all of the UNet but its shallowest layers runs on 1 step of every N and is "
-                   "reused in between (faster; frames close to, not equal to, the uncached ones)", minimum=2, maximum=10)
+                   "reused in between (faster; frames close to, not equal to, the uncached ones)",
+                   minimum=2, maximum=10)
 
 
 def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
@@ -162,7 +164,7 @@ class Family(ABC):
         """The row's params that are the pipeline's own keyword arguments (renderer options removed)."""
         return {k: v for k, v in request.params.items() if k in self.params}
 
-    def check_request(self, request) -> None:
+    def check_request(self, request) -> None:  # noqa: B027 (a hook: most families have no such rule)
         """Rules that tie several fields together, checked on the driver (and by `render validate`):
         raise RowRejected naming the column. Single values are checked by their Param already."""
 

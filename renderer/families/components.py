@@ -68,13 +68,17 @@ def clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-TEXT_TOWERS = {  # full-size CLIP text encoders of the published checkpoints
+# full-size CLIP text encoders of the published checkpoints
+TEXT_TOWERS = {
+    # SD1.5, SDXL's first
     "vit-l": dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                  projection_dim=768, hidden_act="quick_gelu"),  # SD1.5, SDXL's first
+                  projection_dim=768, hidden_act="quick_gelu"),
+    # OpenCLIP ViT-H/14 less its last layer: SD2, ModelScope, I2VGen-XL
     "vit-h": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
-                  projection_dim=512, hidden_act="gelu"),  # OpenCLIP ViT-H/14 less its last layer: SD2, ModelScope, I2VGen-XL
+                  projection_dim=512, hidden_act="gelu"),
+    # OpenCLIP ViT-bigG/14: SDXL's second
     "bigg": dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-                 projection_dim=1280, hidden_act="gelu"),  # OpenCLIP ViT-bigG/14: SDXL's second
+                 projection_dim=1280, hidden_act="gelu"),
 }
 
 
@@ -82,7 +86,8 @@ def clip_text_encoder(size: str, tokenizer, tower: str = "vit-l", with_projectio
     """A CLIP text model: tiny, or the full-size `tower` of TEXT_TOWERS (with its projection if asked)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
     if size == "tiny":
         config = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
                                 vocab_size=1000, projection_dim=32, **ids)
@@ -99,8 +104,9 @@ def clip_image_encoder(size: str):
         config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                                   image_size=224, patch_size=32, projection_dim=32)
     else:
-        config = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-                                  image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu")
+        config = CLIPVisionConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=16,
+                                  num_hidden_layers=32, image_size=224, patch_size=14, projection_dim=1024,
+                                  hidden_act="gelu")
     return CLIPVisionModelWithProjection(config)
 
 

@@ -23,10 +23,9 @@ def cross_frame_processor(batch_size: int):
         from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
             CrossFrameAttnProcessor,
         )
-    except ImportError:  # diffusers releases before Text2Video-Zero moved under `deprecated`
-        from diffusers.pipelines.text_to_video_synthesis.pipeline_text_to_video_zero import (
-            CrossFrameAttnProcessor,
-        )
+    except ImportError:
+        # diffusers releases before Text2Video-Zero moved under `deprecated`
+        from diffusers.pipelines.text_to_video_synthesis.pipeline_text_to_video_zero import CrossFrameAttnProcessor
     return CrossFrameAttnProcessor(batch_size=batch_size)
 
 
@@ -93,12 +92,14 @@ class ControlNetVideo(CrossFrameVideo):
     def components(self, size):
         from diffusers import ControlNetModel
 
-        if size == "tiny":  # diffusers' ControlNet pipeline test, with a conditioning embedding down to the VAE's 1/8
+        if size == "tiny":
+            # diffusers' ControlNet pipeline test, with a conditioning embedding down to the VAE's 1/8
             controlnet = ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                          cross_attention_dim=32, conditioning_embedding_out_channels=(16, 32, 32, 32),
                                          norm_num_groups=1)
-        else:  # lllyasviel/sd-controlnet-openpose and -canny share this architecture
+        else:
+            # lllyasviel/sd-controlnet-openpose and -canny share this architecture
             controlnet = ControlNetModel(cross_attention_dim=768, attention_head_dim=8)
         # runwayml/stable-diffusion-v1-5's scheduler
         pndm = scheduler("PNDMScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -172,7 +173,8 @@ TINY_DEFAULTS = Defaults(num_frames=8, height=64, width=64, num_inference_steps=
 
 CONTROLNET_VIDEO = ControlNetVideo(
     name="controlnet-video", pipeline_class="StableDiffusionControlNetPipeline", inputs=("prompt", "video"),
-    window=8,  # memory-bound: all frames (times two for guidance) go through the UNet as one batch
+    # memory-bound: all frames (times two for guidance) go through the UNet as one batch
+    window=8,
     defaults=REAL_DEFAULTS, tiny_defaults=TINY_DEFAULTS,
     params={
         "controlnet_conditioning_scale": Param(float, "weight of the ControlNet's residuals", minimum=0.0),
@@ -194,7 +196,8 @@ CONTROLNET_VIDEO = ControlNetVideo(
 
 PIX2PIX_VIDEO = Pix2PixVideo(
     name="pix2pix-video", pipeline_class="StableDiffusionInstructPix2PixPipeline", inputs=("prompt", "video"),
-    window=8,  # memory-bound: all frames (times three for guidance) go through the UNet as one batch
+    # memory-bound: all frames (times three for guidance) go through the UNet as one batch
+    window=8,
     defaults=REAL_DEFAULTS, tiny_defaults=TINY_DEFAULTS,
     params={
         "image_guidance_scale": Param(float, "how closely the edit keeps to the source frames (>= 1 to use it)",

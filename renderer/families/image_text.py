@@ -40,12 +40,14 @@ class I2VGenXL(Family):
                                 out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=32,
                                 attention_head_dim=4, norm_num_groups=2)
-        else:  # ali-vilab/i2vgen-xl unet/config.json
+        else:
+            # ali-vilab/i2vgen-xl unet/config.json
             unet = I2VGenXLUNet(
                 sample_size=32, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
                 layers_per_block=2, norm_num_groups=32, cross_attention_dim=1024, attention_head_dim=64,
                 num_attention_heads=64,
-                down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+                down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D",
+                                  "DownBlock3D"),
                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"))
         # ali-vilab/i2vgen-xl's scheduler: cosine betas, v-prediction, zero terminal SNR
         ddim = scheduler("DDIMScheduler", beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02,
@@ -93,10 +95,12 @@ class PIA(Family):
         from diffusers import MotionAdapter
 
         tokenizer = clip_tokenizer()
-        if size == "tiny":  # diffusers' own PIA test adapter
+        if size == "tiny":
+            # diffusers' own PIA test adapter
             adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=2,
                                     motion_num_attention_heads=4, conv_in_channels=9)
-        else:  # openmmlab/PIA-condition-adapter: AnimateDiff v1 layout, 9-channel input (latents, mask, image)
+        else:
+            # openmmlab/PIA-condition-adapter: AnimateDiff v1 layout, 9-channel input (latents, mask, image)
             adapter = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
                                     motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
                                     use_motion_mid_block=False, conv_in_channels=9)

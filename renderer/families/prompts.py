@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 # a loaded pipeline -> (the key of the row it last encoded, the call arguments that hand its embeddings on)
 _ENCODED = weakref.WeakKeyDictionary()

@@ -28,15 +28,17 @@ class StableVideoDiffusion(Family):
                 addition_time_embed_dim=32, num_frames=self.window)
             vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32, 32, 32), layers_per_block=1,
                                                down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4)
-        else:  # the published SVD / SVD-XT configuration (diffusers' defaults are SVD's UNet)
+        else:
+            # the published SVD / SVD-XT configuration (diffusers' defaults are SVD's UNet)
             unet = UNetSpatioTemporalConditionModel(num_frames=self.window)
             vae = AutoencoderKLTemporalDecoder(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                                                down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4,
                                                sample_size=768)
         euler = scheduler(
-            "EulerDiscreteScheduler", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, interpolation_type="linear",
-            num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
-            steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
+            "EulerDiscreteScheduler", beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+            interpolation_type="linear", num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0,
+            sigma_min=0.002, steps_offset=1, timestep_spacing="leading", timestep_type="continuous",
+            use_karras_sigmas=True)
         return dict(vae=vae, image_encoder=clip_image_encoder(size), unet=unet, scheduler=euler,
                     feature_extractor=clip_image_processor())
 
@@ -65,10 +67,14 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
     return StableVideoDiffusion(
         name=name, pipeline_class="StableVideoDiffusionPipeline", inputs=("image",), window=window,
         defaults=Defaults(num_frames=window, height=576, width=1024, num_inference_steps=25, fps=7, guidance_scale=3.0),
-        tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7, guidance_scale=3.0),
+        tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7,
+                               guidance_scale=3.0),
         params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
-        chunk_modes=(ANCHORED, CHAIN), layout=LatentLayout(frame_axis=0), step_cache=True,  # latents are (frames, channels, h, w)
-        memory_options=("forward_chunking", "vae_float32"))  # the temporal VAE's memory knob is decode_chunk_size
+        chunk_modes=(ANCHORED, CHAIN), step_cache=True,
+        # latents are (frames, channels, h, w)
+        layout=LatentLayout(frame_axis=0),
+        # the temporal VAE's memory knob is decode_chunk_size
+        memory_options=("forward_chunking", "vae_float32"))
 
 
 SVD = _svd("svd", 14, "stabilityai/stable-video-diffusion-img2vid")

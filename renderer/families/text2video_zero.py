@@ -66,7 +66,8 @@ def motion_timesteps(request) -> dict:
     t0 = params.get("t0", max(0, min(DEFAULT_T0 * steps // DEFAULT_STEPS, t1 - 1)))
     if t1 >= steps:
         raise RowRejected("params.t1", t1, f"must be < num_inference_steps ({steps})")
-    if t0 > t1:  # only a row's own t0 can be: the default stays at or below t1
+    # only a row's own t0 can be: the default stays at or below t1
+    if t0 > t1:
         raise RowRejected("params.t0", t0, f"needs t0 <= t1 (t0={t0}, t1={t1} for {steps} steps)")
     return {"t0": t0, "t1": t1}
 
@@ -83,9 +84,10 @@ class TextToVideoZeroSDXL(TextToVideoZero):
     def components(self, size):
         tokenizer = clip_tokenizer()
         return dict(vae=sdxl_vae(size), text_encoder=clip_text_encoder(size, tokenizer),
-                    text_encoder_2=clip_text_encoder(size, tokenizer, "bigg", with_projection=True), tokenizer=tokenizer, tokenizer_2=clip_tokenizer(),
-                    unet=sdxl_unet(size), scheduler=sdxl_euler(),
-                    add_watermarker=False)  # a post-process that would depend on an optional package
+                    text_encoder_2=clip_text_encoder(size, tokenizer, "bigg", with_projection=True),
+                    tokenizer=tokenizer, tokenizer_2=clip_tokenizer(), unet=sdxl_unet(size), scheduler=sdxl_euler(),
+                    # a post-process that would depend on an optional package
+                    add_watermarker=False)
 
 
 def sdxl_unet(size: str):
@@ -95,11 +97,14 @@ def sdxl_unet(size: str):
     if size == "tiny":
         return UNet2DConditionModel(
             block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
             addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + text_encoder_2's projection 32
-            cross_attention_dim=64,  # both text encoders' hidden states side by side, 32 + 32
+            # 6 time ids * 8 + text_encoder_2's projection 32
+            projection_class_embeddings_input_dim=80,
+            # both text encoders' hidden states side by side, 32 + 32
+            cross_attention_dim=64,
             norm_num_groups=1)
     return UNet2DConditionModel(
         block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, in_channels=4, out_channels=4,
@@ -133,8 +138,10 @@ def sdxl_euler():
 
 def _params(eta_note: str) -> dict:
     return {
-        "motion_field_strength_x": Param(float, "translation per frame along x, in 1/512ths of the frame width (default 12)"),
-        "motion_field_strength_y": Param(float, "translation per frame along y, in 1/512ths of the frame height (default 12)"),
+        "motion_field_strength_x": Param(float, "translation per frame along x, in 1/512ths of the frame width "
+                                                "(default 12)"),
+        "motion_field_strength_y": Param(float, "translation per frame along y, in 1/512ths of the frame height "
+                                                "(default 12)"),
         "t0": Param(int, "step, counted from the end, at which the first frame is warped into the others "
                          "(default 44 of 50 steps, scaled to num_inference_steps); t0 <= t1", minimum=0),
         "t1": Param(int, "step, counted from the end, to which the warped frames are re-noised "

@@ -16,8 +16,10 @@ from .base import Defaults, Family, Param
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd_vae
 from .prompts import clip_prompt_embeds
 
-GUIDE_STRENGTH = 0.6  # VideoToVideoSDPipeline's default and the guide's upscale strength
-SIZE_ONLY = ("num_frames", "height", "width")  # text-to-video arguments; video-to-video reads them off the video
+# VideoToVideoSDPipeline's default and the guide's upscale strength
+GUIDE_STRENGTH = 0.6
+# text-to-video arguments; video-to-video reads them off the video
+SIZE_ONLY = ("num_frames", "height", "width")
 
 # a loaded pipeline -> the VideoToVideoSDPipeline over its own modules (no copy of the weights)
 _VIDEO_TO_VIDEO = weakref.WeakKeyDictionary()
@@ -37,7 +39,8 @@ class TextToVideoSD(Family):
                 down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                 up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
                 cross_attention_dim=32, attention_head_dim=8, norm_num_groups=2)
-        else:  # damo-vilab/text-to-video-ms-1.7b; Zeroscope v2 is a fine-tune of the same architecture
+        else:
+            # damo-vilab/text-to-video-ms-1.7b; Zeroscope v2 is a fine-tune of the same architecture
             # attention_head_dim=64 as the checkpoint writes it: diffusers reads it as the head count (its naming quirk)
             unet = UNet3DConditionModel(
                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, sample_size=32, in_channels=4,
@@ -57,7 +60,8 @@ class TextToVideoSD(Family):
         else:
             check_denoises("params.strength", params.get("strength", GUIDE_STRENGTH), request.num_inference_steps)
             if upscale is not None:
-                raise RowRejected("params.upscale", upscale, "applies only to text-to-video rows (this row gives a `video`)")
+                raise RowRejected("params.upscale", upscale,
+                                  "applies only to text-to-video rows (this row gives a `video`)")
         if upscale is not None:
             upscale_settings(request, upscale)
 
@@ -84,10 +88,12 @@ class TextToVideoSD(Family):
 
     def chunk_overrides(self, pipeline, request, chunk):
         if "upscale" in request.params:
-            return {}  # the first stage renders at its own size from the reseeded generator
+            # the first stage renders at its own size from the reseeded generator
+            return {}
         overrides = super().chunk_overrides(pipeline, request, chunk)
         if request.video is not None:
-            del overrides["latents"]  # video-to-video noises the row's video with the generator; it takes no latents
+            # video-to-video noises the row's video with the generator; it takes no latents
+            del overrides["latents"]
         return overrides
 
     def generate_upscaled(self, pipeline, request, kwargs, upscale, generator):
@@ -107,13 +113,15 @@ class TextToVideoSD(Family):
         """The second stage's pipeline: the row's own modules, or the named model loaded once and configured per row."""
         if name is None:
             return video_to_video(pipeline)
-        device = str(pipeline._execution_device)  # the GPU even when the pipeline is offloaded to the CPU
+        # the GPU even when the pipeline is offloaded to the CPU
+        device = str(pipeline._execution_device)
         if (name, device) not in _UPSCALERS:
             loaded = load_upscaler(name, device, pipeline.dtype)
             loaded.set_progress_bar_config(disable=True)
             _UPSCALERS[name, device] = loaded, loaded.scheduler
         loaded, base_scheduler = _UPSCALERS[name, device]
-        self.configure(loaded, request, base_scheduler)  # the row's scheduler and memory options, reset every row
+        # the row's scheduler and memory options, reset every row
+        self.configure(loaded, request, base_scheduler)
         return loaded
 
 
@@ -125,7 +133,8 @@ def video_to_video(pipeline):
     if twin is None:
         twin = _VIDEO_TO_VIDEO[pipeline] = VideoToVideoSDPipeline(**pipeline.components)
         twin.set_progress_bar_config(disable=True)
-    twin.scheduler = pipeline.scheduler  # configure() gives the loaded pipeline a new scheduler object per row
+    # configure() gives the loaded pipeline a new scheduler object per row
+    twin.scheduler = pipeline.scheduler
     return twin
 
 
@@ -151,7 +160,8 @@ def upscale_settings(request, upscale: dict) -> tuple[int, int, int, float]:
     """(first-stage width, height, second-stage steps, strength), checked."""
     from ..models import resolve_model
 
-    first_size = resolve_model(request.model).defaults  # 576x320 for Zeroscope checkpoints
+    # 576x320 for Zeroscope checkpoints
+    first_size = resolve_model(request.model).defaults
     width, height = upscale.get("from_width", first_size.width), upscale.get("from_height", first_size.height)
     for key, value in (("from_width", width), ("from_height", height)):
         if value % 8:
@@ -191,7 +201,8 @@ SCHEDULERS = ("ddim", "dpm++", "euler", "euler_ancestral", "pndm")
 def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoints: tuple) -> TextToVideoSD:
     tiny = Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=8,
                     guidance_scale=defaults.guidance_scale)
-    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"), layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
+    return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"),
+                         layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
                          required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, params=PARAMS,
                          options=options,
                          schedulers=SCHEDULERS, checkpoints=checkpoints)
@@ -200,7 +211,8 @@ def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoin
 ZEROSCOPE = _family(
     "zeroscope", 24,
     Defaults(num_frames=24, height=320, width=576, num_inference_steps=40, fps=8, guidance_scale=9.0),
-    {"upscale": UPSCALE},  # drives a second pipeline call: an argument of neither pipeline
+    # drives a second pipeline call: an argument of neither pipeline
+    {"upscale": UPSCALE},
     ("cerspense/zeroscope_v2_576w",
      "cerspense/zeroscope_v2_XL (second stage only: params.upscale.model, at 1024x576)"))
 MODELSCOPE = _family(
