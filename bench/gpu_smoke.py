@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from renderer.families import FAMILIES  # noqa: E402
+from renderer.families.registry import FAMILIES  # noqa: E402
 from renderer.video import write_mp4  # noqa: E402
 
 

@@ -98,7 +98,7 @@ def run_bare(workload: str, rows: list[dict], args, folder: Path) -> dict:
     import torch
     from diffusers.utils import export_to_video, load_image
 
-    from renderer.models import resolve_model
+    from renderer.catalog import resolve_model
 
     spec = resolve_model(f"{args.preset}-{WORKLOADS[workload][0]}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -236,7 +236,7 @@ class GpuSampler:
 
 
 def psnr(a_path: str, b_path: str) -> float:
-    from renderer.video import read_mp4
+    from renderer.testing.videos import read_mp4
 
     a, b = read_mp4(Path(a_path))[0].astype(np.float64), read_mp4(Path(b_path))[0].astype(np.float64)
     mse = float(np.mean((a - b) ** 2))

@@ -36,7 +36,7 @@ def meta_unet(preset: str):
     import torch
 
     from renderer import denoiser
-    from renderer.models import resolve_model
+    from renderer.catalog import resolve_model
 
     spec = resolve_model(preset)
     device = "cpu" if spec.family.name == "animatediff" else "meta"

@@ -243,7 +243,7 @@ def validate(tables, model, ignore_extra, max_frames):
 @main.command()
 def models():
     """List model presets and families: inputs, native window, knobs and real checkpoints."""
-    from renderer.families import FAMILIES
+    from renderer.families.registry import FAMILIES
 
     for family in FAMILIES.values():
         click.secho(f"{family.name}  ({family.pipeline_class})", bold=True)

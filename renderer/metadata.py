@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import faults, storage
+from . import fault_hook, storage
 from .errors import WriteFailed
 from .paths import METADATA_FILE, VIDEOS_DIR
 from .request import RenderRequest
@@ -121,7 +121,7 @@ class MetadataStore:
         try:
             with storage.writing(self.path) as temp:
                 pq.write_table(table, temp)
-                faults.at_write("metadata", METADATA_FILE, 1.0)
+                fault_hook.strike("metadata", METADATA_FILE)
         finally:  # a failing write is not retried at every record either
             self._last_flush = time.monotonic()
             self._interval = max(self.flush_every, WRITE_SHARE_INVERSE * (self._last_flush - start))

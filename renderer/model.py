@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import denoiser, faults
+from . import denoiser, fault_hook
+from .catalog import ModelSpec, read_model_config, resolve_model
 from .chunks import CHAIN, colour_match, seam_metrics, stitch
 from .errors import BadOutput, UnsafeCheckpoint
 from .inputs import load_image, load_video
-from .models import ModelSpec, read_model_config, resolve_model
 from .options import LoadOptions
 from .request import RenderRequest, to_request
 
@@ -60,7 +60,7 @@ class Model:
 
         def frames(req):
             out = self.spec.family.generate(self.pipeline, req, image, video, self._configure(req))
-            return to_uint8(faults.at_output(req.id, out))
+            return to_uint8(fault_hook.strike("output", req.id, out))
         return self._guarded(request, frames)
 
     def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
@@ -77,7 +77,7 @@ class Model:
         def output(req):
             # reseeded per chunk: every chunk sees the row's own seed
             out = family.generate_chunk(self.pipeline, req, chunk, image, video, self._configure(req))
-            out = faults.at_output(req.id, out)
+            out = fault_hook.strike("output", req.id, out)
             if family.stitches_latents(req):
                 if not np.isfinite(out).all():
                     raise BadOutput("nan_output: the pipeline produced NaN or infinite latents")
@@ -137,7 +137,7 @@ class Model:
         try:
             while True:
                 try:
-                    faults.at_render(request.id)
+                    fault_hook.strike("render", request.id)
                     return produce(request)
                 except torch.OutOfMemoryError:
                     if not rungs:

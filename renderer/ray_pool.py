@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from . import faults, storage
+from . import fault_hook, storage
 from .errors import BadOutput, RowRejected, WriteFailed
 from .options import LoadOptions
 from .scheduler import (
@@ -150,7 +150,7 @@ class ActorPool:
     def __init__(self, model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,
                  load_options: LoadOptions, actor_class=RenderActor, row_timeout: float | None = None):
         options = dict(num_cpus=threads if device == "cpu" else 1, max_restarts=-1, max_task_retries=0,
-                       **faults.runtime_env())
+                       **fault_hook.runtime_env())
         if device.startswith("cuda"):
             options["num_gpus"] = gpus_per_actor
         self.slots = [Slot(actor_class.options(**options).remote(model, device, threads, load_options))
@@ -183,7 +183,7 @@ class ActorPool:
         if task.whole_row or task.chunk == STITCH:
             frames, call = (slot.actor.render.remote(request) if task.whole_row
                             else slot.actor.stitch.remote(request, *task.parts))
-            ref = encode.options(scheduling_strategy=next_to(slot), **faults.runtime_env()).remote(
+            ref = encode.options(scheduling_strategy=next_to(slot), **fault_hook.runtime_env()).remote(
                 frames, call, storage.join(self.out_dir, request.video_path), request.fps, request.id)
         else:
             output, call = slot.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)

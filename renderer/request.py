@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 
+from .catalog import ModelSpec, resolve_model
 from .chunks import CHAIN, Chunk, plan_chunks
 from .errors import RowRejected
 from .inputs import check_image, check_video, input_identity, input_ref
-from .models import ModelSpec, resolve_model
 from .paths import video_relpath
 
 COLUMNS = ("id", "prompt", "negative_prompt", "image", "video", "model", "num_frames", "height", "width",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import faults, storage
+from . import fault_hook, storage
 
 
 def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> None:
     """Encode uint8 frames (F, H, W, 3) to `final` (a local path or an object URI); a crash never leaves a
-    partial file there (see storage.writing). `row_id` names the row for fault injection (see faults.py)."""
+    partial file there (see storage.writing). `row_id` names the row for fault injection (see fault_hook.py)."""
     import av
 
     count, height, width, _ = frames.shape
@@ -23,7 +23,7 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "")
             stream = container.add_stream("libx264", rate=fps, options={"crf": "18"})
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             for index, frame in enumerate(frames):
-                faults.at_write("encode", row_id, index / count)
+                fault_hook.strike("encode", row_id, done=index / count)
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())  # the frames the encoder still holds
 
@@ -44,9 +44,3 @@ def decode(source, limit: int | None = None, size: tuple[int, int] | None = None
         frames = [frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BICUBIC")
                   for frame in itertools.islice(container.decode(stream), limit)]
         return frames, float(stream.guessed_rate or 0)
-
-
-def read_mp4(path: Path) -> tuple[np.ndarray, float]:
-    """All frames (F, H, W, 3) and the frame rate."""
-    frames, fps = decode(path)
-    return np.stack(frames), fps

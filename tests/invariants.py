@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from renderer.storage import TEMP_MARK
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 
 def check_invariants(out: Path, input_ids, exit_code: int) -> dict[str, dict]:

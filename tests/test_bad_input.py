@@ -27,7 +27,7 @@ from renderer.paths import WINDOWS_RESERVED, video_relpath
 from renderer.request import to_request
 from renderer.run import RunConfig, run
 from renderer.storage import resolve
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 FAST = dict(num_frames=6, num_inference_steps=2)  # tiny-animatediff rows that render in about a second
 FAST_SVD = dict(num_frames=4, num_inference_steps=2)

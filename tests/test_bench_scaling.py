@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from conftest import ROOT, read_metadata
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 
 def test_scaling_benchmark_runs_every_row_through_the_real_run_on_stand_in_actors(tmp_path):

@@ -10,11 +10,11 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
 import renderer
 from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
+from renderer.catalog import resolve_model
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
 from renderer.inputs import load_video
-from renderer.models import resolve_model
-from renderer.video import read_mp4, write_mp4
+from renderer.testing.videos import read_mp4, write_mp4
 
 FAST = {"num_frames": 4, "num_inference_steps": 2}
 

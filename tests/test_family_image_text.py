@@ -9,10 +9,10 @@ from PIL import Image
 import renderer
 from conftest import count, plain_uint8, read_metadata, write_table
 from jobs.cli import main
+from renderer.catalog import resolve_model
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
-from renderer.models import resolve_model
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 PROMPT, NEGATIVE = "a lantern swaying in the wind", "blurry"
 

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from conftest import ROOT, read_metadata, write_table
 from invariants import check_invariants
 from jobs.cli import main
-from renderer import faults
 from renderer.paths import video_relpath
 from renderer.run import RunConfig, run
+from renderer.testing import faults
 
 FAST = dict(num_frames=6, num_inference_steps=2)  # tiny-animatediff rows that render in about a second
 MODEL = "tiny-animatediff"

@@ -12,7 +12,7 @@ from invariants import check_invariants
 from renderer.inputs import load_image
 from renderer.request import to_request
 from renderer.run import RunConfig, run
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 STEPS = dict(num_inference_steps=2)
 

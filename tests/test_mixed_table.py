@@ -5,8 +5,8 @@ from click.testing import CliRunner
 from conftest import write_table
 from invariants import check_invariants
 from jobs.cli import main
-from renderer.families import FAMILIES
-from renderer.video import read_mp4, write_mp4
+from renderer.families.registry import FAMILIES
+from renderer.testing.videos import read_mp4, write_mp4
 
 
 def test_every_family_in_one_run(ray_session, tmp_path, image_file):

@@ -11,10 +11,11 @@ from PIL import Image
 
 from conftest import write_table
 from invariants import check_invariants
-from renderer import faults, load
+from renderer import load
 from renderer.model import memory_rungs
 from renderer.request import to_request
 from renderer.run import RunConfig, run
+from renderer.testing import faults
 
 FAST = dict(num_frames=6, num_inference_steps=2)
 
@@ -30,7 +31,7 @@ def request(row_id="r", **params):
 
 
 def test_memory_ladder_shrinks_decodes_then_tiles_then_offloads():
-    from renderer.families import FAMILIES
+    from renderer.families.registry import FAMILIES
 
     rungs = memory_rungs(FAMILIES["animatediff"], request(), "cuda")
     assert rungs == [{"decode_chunk_size": 3, "vae_slicing": True},

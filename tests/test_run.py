@@ -21,7 +21,7 @@ from invariants import check_invariants
 from jobs.cli import main
 from renderer.paths import video_relpath
 from renderer.run import RunConfig, run
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 FAST = dict(num_frames=6, num_inference_steps=2)  # tiny-animatediff rows that render in a fraction of a second
 

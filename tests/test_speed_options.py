@@ -16,7 +16,7 @@ from conftest import ROOT
 from renderer import RowRejected, load
 from renderer.options import LoadOptions
 from renderer.request import to_request
-from renderer.video import read_mp4
+from renderer.testing.videos import read_mp4
 
 ROW = dict(prompt="a fox in the snow", num_frames=6, num_inference_steps=6, seed=11)
 

@@ -69,4 +69,3 @@ ANIMATEDIFF = AnimateDiff(
                  "(saved as one AnimateDiffPipeline folder)",),
 )
 
-FAMILIES = (ANIMATEDIFF,)

@@ -172,6 +172,10 @@ class Family(ABC):
         """Whether a row longer than the window still renders in one pipeline call (a long-video mode of its own)."""
         return False
 
+    def model_defaults(self, request) -> Defaults:
+        """The defaults of the model a request names: a tiny preset's, or the published model's."""
+        return self.tiny_defaults if request.model == f"tiny-{self.name}" else self.defaults
+
     def window_from_checkpoint(self, read_config) -> int:
         """The native window of a real checkpoint; `read_config(subfolder)` returns its config dict."""
         return self.window

@@ -208,4 +208,3 @@ PIX2PIX_VIDEO = Pix2PixVideo(
     checkpoints=("timbrooks/instruct-pix2pix",),
 )
 
-FAMILIES = (CONTROLNET_VIDEO, PIX2PIX_VIDEO)

@@ -152,4 +152,3 @@ PIA_FAMILY = PIA(
     checkpoints=("openmmlab/PIA-condition-adapter on an SD1.5 checkpoint (saved as one PIAPipeline folder)",),
 )
 
-FAMILIES = (I2VGEN_XL, PIA_FAMILY)

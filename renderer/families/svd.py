@@ -80,4 +80,3 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
 SVD = _svd("svd", 14, "stabilityai/stable-video-diffusion-img2vid")
 SVD_XT = _svd("svd-xt", 25, "stabilityai/stable-video-diffusion-img2vid-xt")
 
-FAMILIES = (SVD, SVD_XT)

@@ -174,4 +174,3 @@ T2V_ZERO_SDXL = TextToVideoZeroSDXL(
     checkpoints=("t2v-zero-sdxl:stabilityai/stable-diffusion-xl-base-1.0",),
 )
 
-FAMILIES = (T2V_ZERO, T2V_ZERO_SDXL)

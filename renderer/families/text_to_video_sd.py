@@ -63,7 +63,7 @@ class TextToVideoSD(Family):
                 raise RowRejected("params.upscale", upscale,
                                   "applies only to text-to-video rows (this row gives a `video`)")
         if upscale is not None:
-            upscale_settings(request, upscale)
+            upscale_settings(request, upscale, self.model_defaults(request))
 
     def pipeline_kwargs(self, request, image, video):
         kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt,
@@ -98,7 +98,7 @@ class TextToVideoSD(Family):
 
     def generate_upscaled(self, pipeline, request, kwargs, upscale, generator):
         """The guide's two stages; the row's height/width is the final size, so the mp4 and metadata agree."""
-        width, height, steps, strength = upscale_settings(request, upscale)
+        width, height, steps, strength = upscale_settings(request, upscale, self.model_defaults(request))
         upscaler = self.upscaler(upscale.get("model"), pipeline, request)
 
         # one generator for both calls, as one script running the guide's two calls would use it
@@ -139,29 +139,28 @@ def video_to_video(pipeline):
 
 
 def load_upscaler(name: str, device: str, dtype):
-    """A preset of these families through renderer.load, or a folder/hub id (zeroscope_v2_XL is a
-    VideoToVideoSDPipeline folder, which no family loads) straight into VideoToVideoSDPipeline."""
+    """A preset of these families, built as its family builds it (no step cache: the second stage runs
+    uncached), or a folder/hub id (zeroscope_v2_XL is a VideoToVideoSDPipeline folder, which no family loads)
+    straight into VideoToVideoSDPipeline."""
     import diffusers
 
-    from ..model import load
-    from ..models import HUB_ID, preset_names, resolve_model
+    from ..catalog import HUB_ID, PRESET_SIZES
 
-    column = "params.upscale.model"
-    if name in preset_names():
-        if not isinstance(resolve_model(name).family, TextToVideoSD):
-            raise RowRejected(column, name, "must be a modelscope/zeroscope preset, a folder or a hub id")
-        return diffusers.VideoToVideoSDPipeline(**load(name, device).pipeline.components)
+    size, _, family_name = name.partition("-")
+    family = {family.name: family for family in (MODELSCOPE, ZEROSCOPE)}.get(family_name)
+    if size in PRESET_SIZES and family is not None:
+        pipeline = family.build(size, device, dtype)
+        family.prepare_pipeline(pipeline)
+        return diffusers.VideoToVideoSDPipeline(**pipeline.components)
     if not Path(name).expanduser().is_dir() and not HUB_ID.match(name):
-        raise RowRejected(column, name, "not a preset, an existing folder or a hub id of the form owner/name")
+        raise RowRejected("params.upscale.model", name, "not a modelscope/zeroscope preset, an existing folder or "
+                          "a hub id of the form owner/name")
     return diffusers.VideoToVideoSDPipeline.from_pretrained(name, torch_dtype=dtype, use_safetensors=True).to(device)
 
 
-def upscale_settings(request, upscale: dict) -> tuple[int, int, int, float]:
-    """(first-stage width, height, second-stage steps, strength), checked."""
-    from ..models import resolve_model
-
-    # 576x320 for Zeroscope checkpoints
-    first_size = resolve_model(request.model).defaults
+def upscale_settings(request, upscale: dict, first_size) -> tuple[int, int, int, float]:
+    """(first-stage width, height, second-stage steps, strength), checked; the first stage's size defaults to
+    `first_size` (576x320 for Zeroscope checkpoints)."""
     width, height = upscale.get("from_width", first_size.width), upscale.get("from_height", first_size.height)
     for key, value in (("from_width", width), ("from_height", height)):
         if value % 8:
@@ -224,4 +223,3 @@ MODELSCOPE = _family(
 
 # checkpoints of one pipeline class load as the first family unless named FAMILY:LOCATION: zeroscope,
 # so zeroscope_v2_576w keeps its 24-frame window and upscale recipe (ms-1.7b renders there too)
-FAMILIES = (ZEROSCOPE, MODELSCOPE)

@@ -19,7 +19,8 @@ faults, each `{"point": P, "fault": F, "id": ROW_ID, "times": N}` (`times` omitt
 
 Every firing appends one JSON line to `$RENDER_FAULTS_LOG` (a file path; required), so a test first proves
 that its fault fired, and `times` counts firings across processes and actor restarts. The driver hands both
-variables to its actors and encode tasks (`runtime_env`), whichever Ray they run on.
+variables to its actors and encode tasks (fault_hook.runtime_env), whichever Ray they run on. Production code
+reaches this module only through renderer/fault_hook.py.
 """
 from __future__ import annotations
 
@@ -29,16 +30,9 @@ import os
 import signal
 import time
 
-VARIABLES = ("RENDER_FAULTS", "RENDER_FAULTS_LOG")
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (injected by RENDER_FAULTS)"
 SLOW_WRITE_S = 5.0
 CUDA_ERROR_MESSAGE = "CUDA error: an illegal memory access was encountered (injected by RENDER_FAULTS)"
-
-
-def runtime_env() -> dict:
-    """Ray options that pass the fault variables on to workers; empty when no fault is configured."""
-    env = {name: os.environ[name] for name in VARIABLES if name in os.environ}
-    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def due(point: str, row_id: str) -> str | None:
@@ -67,6 +61,17 @@ def fired(point: str | None = None, row_id: str | None = None, fault: str | None
         return []
     return [e for e in entries if (point is None or e["point"] == point) and (row_id is None or e["id"] == row_id)
             and (fault is None or e["fault"] == fault)]
+
+
+def strike(point: str, row_id: str, value, done: float):
+    """What renderer/fault_hook.py calls at each point: the fault due there, acted out."""
+    if point == "render":
+        at_render(row_id)
+    elif point == "output":
+        return at_output(row_id, value)
+    else:
+        at_write(point, row_id, done)
+    return value
 
 
 def at_render(row_id: str) -> None:

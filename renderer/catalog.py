@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RowRejected
-from .families import FAMILIES, Defaults, Family
+from .families.base import Defaults, Family
+from .families.registry import FAMILIES
 
 PRESET_SIZES = ("tiny", "random")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
