@@ -148,12 +148,12 @@ class Model:
                     if rung.pop("cpu_offload", False):
                         self.pipeline.enable_model_cpu_offload(device=self.device)
                         offloaded = True
-                    request = replace(request, params={**request.params, **rung})
+                    request = replace(request, options={**request.options, **rung})
                 except BadOutput as exc:
-                    if request.params.get("vae_float32"):
+                    if request.options.get("vae_float32"):
                         raise BadOutput(f"{exc} (again with the VAE in float32)") from None
                     self.recoveries.append(f"{str(exc).split(':')[0]}: vae_float32=True")
-                    request = replace(request, params={**request.params, "vae_float32": True})
+                    request = replace(request, options={**request.options, "vae_float32": True})
         finally:
             if offloaded:  # the next row starts with the pipeline as it was loaded
                 self.pipeline.remove_all_hooks()

@@ -44,7 +44,11 @@ class RenderRequest:
     negative_prompt: str | None = None
     image: str | bytes | None = None  # absolute path, object URI or encoded bytes
     video: str | None = None  # absolute path or object URI
-    params: dict = field(default_factory=dict)
+    # the row's `params`, checked and held apart: the pipeline call's own keyword arguments, as the row gave them,
+    # and the renderer's options (chunking, memory, caches, the family's pipeline state), which a recovery on the
+    # actor may change
+    arguments: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
     chunk_mode: str | None = None  # "anchored" or "chain" for a row of several chunks
     plan: tuple[Chunk, ...] = ()  # the chunks; default: the whole row in one call
 
@@ -53,13 +57,20 @@ class RenderRequest:
             object.__setattr__(self, "plan", plan_chunks(self.num_frames, self.num_frames, 0))
 
     @property
+    def params(self) -> dict:
+        """The row's `params` as checked: its arguments and options together (options of an argument's name, set
+        by a recovery, win)."""
+        return {**self.arguments, **self.options}
+
+    @property
     def video_path(self) -> str:
         return video_relpath(self.id)
 
     @cached_property  # once per request: the resume check and the record both need it, a million times a run
     def fingerprint(self) -> str:
         """Digest of everything the frames depend on; resume re-renders a row whose fingerprint changed."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("arguments", "options")}
+        data["params"] = self.params
         data["plan"] = [{"index": c.index, "start": c.start, "end": c.end} for c in self.plan]
         data["image"] = input_identity(self.image) if self.image is not None else None
         data["video"] = input_identity(self.video) if self.video is not None else None
@@ -83,10 +94,12 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     family = spec.family
     d = spec.defaults
     params = _params(row.get("params"), spec)
+    arguments = {k: v for k, v in params.items() if k in family.arguments}
+    options = {k: v for k, v in params.items() if k not in family.arguments}
     num_frames = _frame_count(row, spec, max_frames)
-    chunk_mode, plan = _chunking(num_frames, spec, params)
-    if "step_cache" in params and params.get("free_init") is not None:
-        raise RowRejected("params.step_cache", params["step_cache"], "cannot be combined with free_init: every "
+    chunk_mode, plan = _chunking(num_frames, spec, options)
+    if "step_cache" in options and options.get("free_init") is not None:
+        raise RowRejected("params.step_cache", options["step_cache"], "cannot be combined with free_init: every "
                           "FreeInit pass starts from new noise, so features of the last pass must not be reused")
     request = RenderRequest(
         id=row_id,
@@ -103,7 +116,8 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         negative_prompt=_text(row, "negative_prompt", spec),
         image=_conditioning(row, "image", spec, table_dir, checked),
         video=_conditioning(row, "video", spec, table_dir, checked),
-        params=params,
+        arguments=arguments,
+        options=options,
         chunk_mode=chunk_mode,
         plan=plan,
     )
@@ -111,21 +125,21 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
     return request
 
 
-def _chunking(num_frames: int, spec: ModelSpec, params: dict) -> tuple[str | None, tuple[Chunk, ...]]:
+def _chunking(num_frames: int, spec: ModelSpec, options: dict) -> tuple[str | None, tuple[Chunk, ...]]:
     """(mode, plan) of a row: one chunk when it fits the window, else chunks of the window (see chunks.py)."""
     layout = spec.family.layout
-    window = params.get("chunk_window", spec.window)
+    window = options.get("chunk_window", spec.window)
     if not layout.valid_frames(window):
         raise RowRejected("params.chunk_window", window, f"must be {layout.frame_rule()} for family "
                           f"{spec.family.name!r}")
-    mode = params.get("chunk_mode", spec.family.chunk_modes[0])
-    overlap = params.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
+    mode = options.get("chunk_mode", spec.family.chunk_modes[0])
+    overlap = options.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
     if overlap >= window:
         raise RowRejected("params.chunk_overlap", overlap, f"must be smaller than the chunk window ({window} frames)")
     if mode == CHAIN and overlap < 1:
         raise RowRejected("params.chunk_overlap", overlap, "must be >= 1 when chained: a chunk starts on a frame "
                           "of the previous one")
-    if num_frames <= window or spec.family.single_call(params):
+    if num_frames <= window or spec.family.single_call(options):
         return None, plan_chunks(num_frames, num_frames, 0, layout)
     return mode, plan_chunks(num_frames, window, overlap, layout)
 

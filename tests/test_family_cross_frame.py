@@ -14,7 +14,8 @@ from renderer.catalog import resolve_model
 from renderer.errors import RowRejected
 from renderer.families.components import seeded_build
 from renderer.inputs import load_video
-from renderer.testing.videos import read_mp4, write_mp4
+from renderer.testing.videos import read_mp4
+from renderer.video import write_mp4
 
 FAST = {"num_frames": 4, "num_inference_steps": 2}
 

@@ -19,7 +19,8 @@ from renderer.catalog import resolve_model
 from renderer.errors import RowRejected
 from renderer.families import text_to_video_sd
 from renderer.families.components import seeded_build
-from renderer.testing.videos import read_mp4, write_mp4
+from renderer.testing.videos import read_mp4
+from renderer.video import write_mp4
 
 
 def params(**knobs) -> str:

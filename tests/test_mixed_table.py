@@ -6,7 +6,8 @@ from conftest import write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.families.registry import FAMILIES
-from renderer.testing.videos import read_mp4, write_mp4
+from renderer.testing.videos import read_mp4
+from renderer.video import write_mp4
 
 
 def test_every_family_in_one_run(ray_session, tmp_path, image_file):

@@ -19,7 +19,8 @@ from renderer.errors import ConfigError
 from renderer.inputs import load_video
 from renderer.paths import output_lock, video_relpath
 from renderer.run import plan_rows
-from renderer.testing.videos import read_mp4, write_mp4
+from renderer.testing.videos import read_mp4
+from renderer.video import write_mp4
 
 BUCKET = "renders"
 TABLE = f"s3://{BUCKET}/in/example.parquet"

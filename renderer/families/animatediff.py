@@ -27,20 +27,20 @@ class AnimateDiff(Family):
         return dict(vae=sd_vae(size), text_encoder=clip_text_encoder(size, tokenizer), tokenizer=tokenizer,
                     unet=sd15_unet(size), motion_adapter=adapter, scheduler=ddim)
 
-    def single_call(self, params):
+    def single_call(self, options):
         # FreeNoise denoises overlapping context windows inside one call: a long row on one actor, no chunks
-        return params.get("free_noise") is not None
+        return options.get("free_noise") is not None
 
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
-        free_init, free_noise = request.params.get("free_init"), request.params.get("free_noise")
+        free_init, free_noise = request.options.get("free_init"), request.options.get("free_noise")
         set_free_init(pipeline, free_init)
         pipeline.enable_free_noise(**free_noise) if free_noise is not None else pipeline.disable_free_noise()
 
     def pipeline_kwargs(self, request, image, video):
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, num_frames=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
-                    guidance_scale=request.guidance_scale, **self.call_params(request))
+                    guidance_scale=request.guidance_scale, **self.call_arguments(request))
 
 
 FREE_NOISE = Param(dict, "FreeNoise: long videos from overlapping context windows in one call (true or options)",
@@ -58,7 +58,7 @@ ANIMATEDIFF = AnimateDiff(
     layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
-    params={
+    arguments={
         "eta": Param(float, "DDIM eta", minimum=0.0, maximum=1.0),
         "clip_skip": Param(int, "CLIP layers to skip", minimum=0),
         "decode_chunk_size": Param(int, "frames the VAE decodes at once", minimum=1),

@@ -127,8 +127,10 @@ class Family(ABC):
     window: int  # frames one pipeline call renders natively
     defaults: Defaults
     tiny_defaults: Defaults
-    params: Mapping[str, Param] = field(default_factory=dict)  # the pipeline call's own keyword arguments
-    options: Mapping[str, Param] = field(default_factory=dict)  # per-row pipeline state set in `configure`
+    # the pipeline call's own keyword arguments a row may set in `params`, under diffusers' names
+    arguments: Mapping[str, Param] = field(default_factory=dict)
+    # the family's own renderer options a row may set in `params`: per-row pipeline state set in `configure`
+    options: Mapping[str, Param] = field(default_factory=dict)
     # diffusers arguments set through a typed column, so `params` may not set them again
     column_aliases: Mapping[str, str] = field(default_factory=dict)
     schedulers: tuple[str, ...] = ()
@@ -150,8 +152,9 @@ class Family(ABC):
             object.__setattr__(self, "required", self.inputs)
 
     def allowed_params(self) -> dict[str, Param]:
-        """The family's pipeline arguments plus the renderer options it supports."""
-        allowed = {**self.params, **self.options}
+        """Every key a row's `params` may hold: the family's pipeline arguments plus the renderer options it
+        supports."""
+        allowed = {**self.arguments, **self.options}
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
         allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
@@ -160,15 +163,17 @@ class Family(ABC):
         allowed.update(chunk_params(self.chunk_modes))
         return allowed
 
-    def call_params(self, request) -> dict:
-        """The row's params that are the pipeline's own keyword arguments (renderer options removed)."""
-        return {k: v for k, v in request.params.items() if k in self.params}
+    def call_arguments(self, request) -> dict:
+        """The pipeline's own keyword arguments of a request: the row's, where a recovery has not set a lighter
+        value as an option of the same name (a smaller decode_chunk_size after running out of memory)."""
+        recovered = {k: v for k, v in request.options.items() if k in self.arguments}
+        return {**request.arguments, **recovered}
 
     def check_request(self, request) -> None:  # noqa: B027 (a hook: most families have no such rule)
         """Rules that tie several fields together, checked on the driver (and by `render validate`):
         raise RowRejected naming the column. Single values are checked by their Param already."""
 
-    def single_call(self, params: dict) -> bool:
+    def single_call(self, options: dict) -> bool:
         """Whether a row longer than the window still renders in one pipeline call (a long-video mode of its own)."""
         return False
 
@@ -271,7 +276,7 @@ class Family(ABC):
         import numpy as np
         import torch
 
-        step = request.params.get("decode_chunk_size", request.plan[0].in_latents().frames)
+        step = self.call_arguments(request).get("decode_chunk_size", request.plan[0].in_latents().frames)
         for start in range(0, len(latents), step):
             piece = torch.from_numpy(np.moveaxis(latents[start:start + step], 0, self.layout.frame_axis))
             piece = piece.unsqueeze(0).to(pipeline._execution_device, pipeline.vae.dtype)
@@ -285,7 +290,7 @@ class Family(ABC):
 
     def configure(self, pipeline, request, base_scheduler) -> None:
         """Set every piece of per-row pipeline state, so nothing a row asks for leaks into the next row."""
-        name = request.params.get("scheduler")
+        name = request.options.get("scheduler")
         if name is None:
             pipeline.scheduler = base_scheduler
         else:
@@ -293,17 +298,17 @@ class Family(ABC):
 
             cls = getattr(diffusers, SCHEDULERS[name])
             pipeline.scheduler = cls.from_config(base_scheduler.config)
-        vae, params = getattr(pipeline, "vae", None), request.params
+        vae, options = getattr(pipeline, "vae", None), request.options
         if "vae_slicing" in self.memory_options:
-            vae.enable_slicing() if params.get("vae_slicing") else vae.disable_slicing()
+            vae.enable_slicing() if options.get("vae_slicing") else vae.disable_slicing()
         if "vae_tiling" in self.memory_options:
-            vae.enable_tiling() if params.get("vae_tiling") else vae.disable_tiling()
+            vae.enable_tiling() if options.get("vae_tiling") else vae.disable_tiling()
         if "forward_chunking" in self.memory_options:
-            denoiser.set_forward_chunking(pipeline, params.get("forward_chunking"))
+            denoiser.set_forward_chunking(pipeline, options.get("forward_chunking"))
         if "vae_float32" in self.memory_options:
-            set_vae_float32(vae, denoiser.dtype(pipeline), bool(params.get("vae_float32")))
+            set_vae_float32(vae, denoiser.dtype(pipeline), bool(options.get("vae_float32")))
         if self.step_cache:
-            denoiser.set_step_cache(pipeline, params.get("step_cache"))
+            denoiser.set_step_cache(pipeline, options.get("step_cache"))
 
 
 def frame_noise(seed: int, frames, shape: tuple):

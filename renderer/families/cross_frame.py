@@ -114,15 +114,15 @@ class ControlNetVideo(CrossFrameVideo):
         super().configure(pipeline, request, base_scheduler)
         guided = request.guidance_scale > 1 and pipeline.unet.config.time_cond_proj_dim is None
         # in guess mode the ControlNet sees only the prompted half of the batch (as the pipeline decides it)
-        guess_mode = request.params.get("guess_mode", False) or pipeline.controlnet.config.global_pool_conditions
+        guess_mode = request.arguments.get("guess_mode", False) or pipeline.controlnet.config.global_pool_conditions
         set_video_copies(pipeline.unet, 2 if guided else 1)
         set_video_copies(pipeline.controlnet, 2 if guided and not guess_mode else 1)
 
     def check_request(self, request):
-        check_control_window(request.params)
+        check_control_window(request.arguments)
 
     def pipeline_kwargs(self, request, image, video):
-        params = self.call_params(request)
+        params = self.call_arguments(request)
         return dict(prompt=repeated(request.prompt, len(video)), image=video,
                     negative_prompt=repeated(request.negative_prompt, len(video)), height=request.height,
                     width=request.width, num_inference_steps=request.num_inference_steps,
@@ -153,7 +153,7 @@ class Pix2PixVideo(CrossFrameVideo):
 
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
-        image_guidance = request.params.get(
+        image_guidance = request.arguments.get(
             "image_guidance_scale", inspect.signature(pipeline.__call__).parameters["image_guidance_scale"].default)
         # the pipeline's own rule: text, image and unconditioned copies only when both guidances are on
         guided = request.guidance_scale > 1.0 and image_guidance >= 1.0
@@ -164,7 +164,7 @@ class Pix2PixVideo(CrossFrameVideo):
         return dict(prompt=repeated(request.prompt, len(video)), image=video,
                     negative_prompt=repeated(request.negative_prompt, len(video)),
                     num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-                    **self.call_params(request))
+                    **self.call_arguments(request))
 
 
 ETA = Param(float, "DDIM eta (noise added per step; 0 is deterministic DDIM)", minimum=0.0, maximum=1.0)
@@ -176,7 +176,7 @@ CONTROLNET_VIDEO = ControlNetVideo(
     # memory-bound: all frames (times two for guidance) go through the UNet as one batch
     window=8,
     defaults=REAL_DEFAULTS, tiny_defaults=TINY_DEFAULTS,
-    params={
+    arguments={
         "controlnet_conditioning_scale": Param(float, "weight of the ControlNet's residuals", minimum=0.0),
         "guess_mode": Param(bool, "the ControlNet recognises the content without the prompt (try guidance 3-5)"),
         "control_guidance_start": Param(float, "fraction of the steps where the ControlNet starts", minimum=0.0,
@@ -199,7 +199,7 @@ PIX2PIX_VIDEO = Pix2PixVideo(
     # memory-bound: all frames (times three for guidance) go through the UNet as one batch
     window=8,
     defaults=REAL_DEFAULTS, tiny_defaults=TINY_DEFAULTS,
-    params={
+    arguments={
         "image_guidance_scale": Param(float, "how closely the edit keeps to the source frames (>= 1 to use it)",
                                       minimum=0.0),
         "eta": ETA,

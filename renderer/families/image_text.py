@@ -62,7 +62,7 @@ class I2VGenXL(Family):
         return dict(prompt=request.prompt, image=image, negative_prompt=request.negative_prompt,
                     height=request.height, width=request.width, target_fps=request.fps, num_frames=request.num_frames,
                     num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-                    **self.call_params(request))
+                    **self.call_arguments(request))
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
         # the pipeline samples the image latents from the VAE with torch's global RNG (it passes no generator
@@ -75,7 +75,7 @@ I2VGEN_XL = I2VGenXL(
     name="i2vgenxl", pipeline_class="I2VGenXLPipeline", inputs=("image", "prompt"), window=16,
     defaults=Defaults(num_frames=16, height=704, width=1280, num_inference_steps=50, fps=16, guidance_scale=9.0),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=16, guidance_scale=9.0),
-    params={
+    arguments={
         "clip_skip": Param(int, "CLIP text layers to skip (the pipeline's default is 1; 0 uses the last layer)",
                            minimum=0),
         "eta": Param(float, "DDIM eta", minimum=0.0, maximum=1.0),
@@ -119,16 +119,16 @@ class PIA(Family):
         return dict(image=image.resize((request.width, request.height)), prompt=request.prompt,
                     negative_prompt=request.negative_prompt, num_frames=request.num_frames, height=request.height,
                     width=request.width, num_inference_steps=request.num_inference_steps,
-                    guidance_scale=request.guidance_scale, **self.call_params(request))
+                    guidance_scale=request.guidance_scale, **self.call_arguments(request))
 
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
-        set_free_init(pipeline, request.params.get("free_init"))
+        set_free_init(pipeline, request.options.get("free_init"))
 
 
 def check_strength_leaves_a_step(request) -> None:
     """PIA denoises int(num_inference_steps * strength) steps; with none left diffusers fails obscurely."""
-    strength = request.params.get("strength", 1.0)
+    strength = request.arguments.get("strength", 1.0)
     if int(request.num_inference_steps * strength) < 1:
         raise RowRejected("params.strength", strength, f"leaves no denoising step: strength * num_inference_steps "
                           f"({request.num_inference_steps}) must be >= 1")
@@ -138,7 +138,7 @@ PIA_FAMILY = PIA(
     name="pia", pipeline_class="PIAPipeline", inputs=("image", "prompt"), window=16,
     defaults=Defaults(num_frames=16, height=512, width=512, num_inference_steps=25, fps=8, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=16, height=64, width=64, num_inference_steps=4, fps=8, guidance_scale=7.5),
-    params={
+    arguments={
         "motion_scale": Param(int, "0-2 more motion, 3-5 looping motion, 6-8 motion with style transfer",
                               minimum=0, maximum=8),
         "strength": Param(float, "below 1: start from the noised image, denoising that share of the steps",

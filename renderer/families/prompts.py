@@ -19,7 +19,7 @@ def clip_prompt_embeds(pipeline, request) -> dict:
     arguments, and `clip_skip`."""
     guided = request.guidance_scale > 1
     embeds, negative = pipeline.encode_prompt(request.prompt, pipeline._execution_device, 1, guided,
-                                              request.negative_prompt, clip_skip=request.params.get("clip_skip"))
+                                              request.negative_prompt, clip_skip=request.arguments.get("clip_skip"))
     return dict(prompt_embeds=embeds, negative_prompt_embeds=negative)
 
 

@@ -46,7 +46,7 @@ class StableVideoDiffusion(Family):
         # `fps` conditions the model and sets the mp4's rate; guidance_scale is SVD's max_guidance_scale
         return dict(image=image, height=request.height, width=request.width, num_frames=request.num_frames,
                     num_inference_steps=request.num_inference_steps, max_guidance_scale=request.guidance_scale,
-                    fps=request.fps, **self.call_params(request))
+                    fps=request.fps, **self.call_arguments(request))
 
     def decode_latents(self, pipeline, latents):
         # the VAE's dtype was set for the row by `configure` (the pipeline leaves it in float32 after encoding
@@ -69,7 +69,7 @@ def _svd(name: str, window: int, checkpoint: str) -> StableVideoDiffusion:
         defaults=Defaults(num_frames=window, height=576, width=1024, num_inference_steps=25, fps=7, guidance_scale=3.0),
         tiny_defaults=Defaults(num_frames=window, height=64, width=64, num_inference_steps=4, fps=7,
                                guidance_scale=3.0),
-        params=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
+        arguments=SVD_PARAMS, column_aliases={"max_guidance_scale": "guidance_scale"}, checkpoints=(checkpoint,),
         chunk_modes=(ANCHORED, CHAIN), step_cache=True,
         # latents are (frames, channels, h, w)
         layout=LatentLayout(frame_axis=0),

@@ -36,13 +36,13 @@ class TextToVideoZero(Family):
         motion_timesteps(request)
 
     def pipeline_kwargs(self, request, image, video):
-        params = {**self.call_params(request), **motion_timesteps(request)}
+        params = {**self.call_arguments(request), **motion_timesteps(request)}
         return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, video_length=request.num_frames,
                     height=request.height, width=request.width, num_inference_steps=request.num_inference_steps,
                     guidance_scale=request.guidance_scale, **params)
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
-        check_eta(pipeline.scheduler, request.params)
+        check_eta(pipeline.scheduler, request.arguments)
         kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
         return pipeline(**kwargs, generator=generator).images
 
@@ -60,7 +60,7 @@ def motion_timesteps(request) -> dict:
 
     The pipeline indexes its timesteps from the end with them: past the step count it fails with an
     IndexError, and t0 > t1 runs without error but makes no sense."""
-    steps, params = request.num_inference_steps, request.params
+    steps, params = request.num_inference_steps, request.arguments
     t1 = params.get("t1", DEFAULT_T1 * steps // DEFAULT_STEPS)
     # one step between t0 and t1 where the steps allow, as diffusers documents t1 in [t0 + 1, steps - 1]
     t0 = params.get("t0", max(0, min(DEFAULT_T0 * steps // DEFAULT_STEPS, t1 - 1)))
@@ -154,7 +154,7 @@ T2V_ZERO = TextToVideoZero(
     name="t2v-zero", pipeline_class="TextToVideoZeroPipeline", inputs=("prompt",), window=8,
     defaults=Defaults(num_frames=8, height=512, width=512, num_inference_steps=50, fps=4, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=8, height=64, width=64, num_inference_steps=4, fps=4, guidance_scale=7.5),
-    params=_params("a checkpoint whose scheduler is not DDIM needs params.scheduler \"ddim\""),
+    arguments=_params("a checkpoint whose scheduler is not DDIM needs params.scheduler \"ddim\""),
     column_aliases={"video_length": "num_frames"},
     # DDIM is the paper's sampler; Euler's float timesteps break this pipeline's `alphas[t0:t1]` slicing
     schedulers=("ddim",),
@@ -167,7 +167,7 @@ T2V_ZERO_SDXL = TextToVideoZeroSDXL(
     name="t2v-zero-sdxl", pipeline_class="TextToVideoZeroSDXLPipeline", inputs=("prompt",), window=8,
     defaults=Defaults(num_frames=8, height=1024, width=1024, num_inference_steps=50, fps=4, guidance_scale=7.5),
     tiny_defaults=Defaults(num_frames=8, height=64, width=64, num_inference_steps=4, fps=4, guidance_scale=7.5),
-    params=_params("with params.scheduler \"ddim\"; SDXL's Euler takes none"),
+    arguments=_params("with params.scheduler \"ddim\"; SDXL's Euler takes none"),
     column_aliases={"video_length": "num_frames"},
     schedulers=("euler", "ddim"),
     compatible_classes=("StableDiffusionXLPipeline",),

@@ -53,7 +53,7 @@ class TextToVideoSD(Family):
                     unet=unet, scheduler=ddim)
 
     def check_request(self, request):
-        params, upscale = request.params, request.params.get("upscale")
+        params, upscale = request.arguments, request.options.get("upscale")
         if request.video is None:
             if "strength" in params:
                 raise RowRejected("params.strength", params["strength"], "applies only to a row that gives a `video`")
@@ -68,14 +68,14 @@ class TextToVideoSD(Family):
     def pipeline_kwargs(self, request, image, video):
         kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt,
                       num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
-                      **self.call_params(request))
+                      **self.call_arguments(request))
         if video is not None:
             return dict(kwargs, video=video, strength=kwargs.get("strength", GUIDE_STRENGTH))
         return dict(kwargs, num_frames=request.num_frames, height=request.height, width=request.width)
 
     def generate(self, pipeline, request, image, video, generator, **overrides):
         kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
-        upscale = request.params.get("upscale")
+        upscale = request.options.get("upscale")
         if video is not None:
             return video_to_video(pipeline)(**kwargs, generator=generator).frames[0]
         if upscale is None:
@@ -84,10 +84,10 @@ class TextToVideoSD(Family):
 
     def stitches_latents(self, request):
         # the two-stage recipe ends in the second pipeline's frames: its chunks are stitched as frames
-        return super().stitches_latents(request) and "upscale" not in request.params
+        return super().stitches_latents(request) and "upscale" not in request.options
 
     def chunk_overrides(self, pipeline, request, chunk):
-        if "upscale" in request.params:
+        if "upscale" in request.options:
             # the first stage renders at its own size from the reseeded generator
             return {}
         overrides = super().chunk_overrides(pipeline, request, chunk)
@@ -202,7 +202,7 @@ def _family(name: str, window: int, defaults: Defaults, options: dict, checkpoin
                     guidance_scale=defaults.guidance_scale)
     return TextToVideoSD(name=name, pipeline_class="TextToVideoSDPipeline", inputs=("prompt", "video"),
                          layout=LatentLayout(frame_axis=1), step_cache=True, prompt_encoder=clip_prompt_embeds,
-                         required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, params=PARAMS,
+                         required=("prompt",), window=window, defaults=defaults, tiny_defaults=tiny, arguments=PARAMS,
                          options=options,
                          schedulers=SCHEDULERS, checkpoints=checkpoints)
 
