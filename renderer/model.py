@@ -10,11 +10,13 @@ import numpy as np
 
 from . import denoiser, fault_hook
 from .catalog import ModelSpec, read_model_config, resolve_model
-from .chunks import CHAIN, colour_match, seam_metrics, stitch
+from .chunks import colour_match, seam_metrics, stitch
 from .errors import BadOutput, UnsafeCheckpoint
+from .in_process import InProcessExecutor
 from .inputs import load_image, load_video
 from .options import LoadOptions
 from .request import RenderRequest, to_request
+from .scheduler import Scheduler
 
 
 @dataclass
@@ -41,18 +43,19 @@ class Model:
         """Frames of one row as uint8 (frames, height, width, 3).
 
         A plain dict is validated exactly as a table row is (relative paths resolve against the working
-        directory, the seed defaults to one derived from the id). A row longer than the model's window is
-        rendered chunk by chunk and stitched, as the actors of `render run` do it spread over GPUs.
+        directory, the seed defaults to one derived from the id). A row longer than the model's window goes
+        through the scheduler's task graph (chunks, chains, the stitch) as in `render run`, each task rendered
+        here in turn (in_process.py) instead of on actors spread over GPUs.
         """
         request = row if isinstance(row, RenderRequest) else to_request(
             {"id": "row", **row}, default_model=self.spec.name, table_dir=Path.cwd())
         if len(request.plan) == 1:
             return self.render_whole(request)
-        parts = []
-        for chunk in request.plan:
-            chained = request.chunk_mode == CHAIN and chunk.index > 0
-            parts.append(self.render_chunk(request, chunk.index, *(parts[-1], parts[0]) if chained else ()))
-        return self.stitch(request, parts)[0]
+        executor, results = InProcessExecutor(self), []
+        Scheduler(executor, max_attempts=1, on_done=lambda _, outcome, __: results.append(outcome)).run([request])
+        if executor.error is not None:
+            raise executor.error
+        return results[0].output
 
     def render_whole(self, request: RenderRequest) -> np.ndarray:
         """A row that fits the window: the plain diffusers call."""

@@ -186,6 +186,6 @@ class Scheduler:
                     "seconds": sum(c.get("seconds", 0.0) for c in chunks) + outcome.info.get("seconds", 0.0),
                     "gpu": chunks[0].get("gpu"),
                     "recoveries": [r for c in [*chunks, outcome.info] for r in c.get("recoveries", [])]}
-            outcome = Outcome(outcome.status, outcome.error, info)
+            outcome = Outcome(outcome.status, outcome.error, info, output=outcome.output)
         self.on_done(row.request, outcome, max(row.attempts.values(), default=0))
         self.on_event("done", row.request)
