@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..chunks import LatentLayout
-from .base import FREE_INIT, Defaults, Family, Param, set_free_init
+from .base import Defaults, Family
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
+from .params import FREE_INIT, Param
+from .pipeline_state import set_free_init
 from .prompts import clip_prompt_embeds
 
 

@@ -8,17 +8,9 @@ from typing import Any
 
 from .. import denoiser
 from ..chunks import ANCHORED, FRAME_LAYOUT, LatentLayout
-from ..errors import RowRejected
+from .params import MEMORY_PARAMS, SCHEDULERS, STEP_CACHE, Param, chunk_params
+from .pipeline_state import frame_noise, set_vae_float32
 from .prompts import prompt_embeds_once
-
-# diffusers scheduler classes a row may pick with params {"scheduler": NAME}
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler",
-}
 
 
 @dataclass(frozen=True)
@@ -29,88 +21,6 @@ class Defaults:
     num_inference_steps: int
     fps: int
     guidance_scale: float
-
-
-@dataclass(frozen=True)
-class Param:
-    """One allowed `params` key: its type and the values it may take."""
-
-    kind: type
-    help: str
-    choices: tuple = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    fields: Mapping[str, Param] | None = None  # for kind dict: the allowed keys, all optional
-
-    def check(self, key: str, value: Any) -> Any:
-        column = f"params.{key}"
-        if self.kind is dict:
-            return self._check_fields(key, value)
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
-            raise RowRejected(column, value, f"must be {self.kind.__name__}")
-        if self.choices and value not in self.choices:
-            raise RowRejected(column, value, f"must be one of {', '.join(map(str, self.choices))}")
-        if self.minimum is not None and value < self.minimum:
-            raise RowRejected(column, value, f"must be >= {self.minimum}")
-        if self.maximum is not None and value > self.maximum:
-            raise RowRejected(column, value, f"must be <= {self.maximum}")
-        return value
-
-    def _check_fields(self, key: str, value: Any) -> dict:
-        if value is True:  # {"free_init": true}: the pipeline's own defaults
-            return {}
-        if value is False:  # {"free_init": false}: off, as when absent
-            return None
-        if not isinstance(value, dict):
-            raise RowRejected(f"params.{key}", value, "must be true or an object of " + ", ".join(self.fields))
-        unknown = [k for k in value if k not in self.fields]
-        if unknown:
-            raise RowRejected(f"params.{key}.{unknown[0]}", value[unknown[0]],
-                              f"not an option of {key} (allowed: {', '.join(self.fields)})")
-        return {k: self.fields[k].check(f"{key}.{k}", v) for k, v in value.items()}
-
-
-FREE_INIT = Param(dict, "FreeInit: re-initialise low frequencies over num_iters denoising passes (true or options)",
-                  fields={  # enable_free_init's arguments; diffusers implements only these three filters
-                      "method": Param(str, "low-pass filter", choices=("butterworth", "gaussian", "ideal")),
-                      "num_iters": Param(int, "rounds (each one is a full denoising pass)", minimum=1, maximum=10),
-                      "use_fast_sampling": Param(bool, "coarse-to-fine: fewer steps in the early rounds"),
-                      "order": Param(int, "butterworth filter order", minimum=1),
-                      "spatial_stop_frequency": Param(float, "spatial cut-off", minimum=0.0, maximum=1.0),
-                      "temporal_stop_frequency": Param(float, "temporal cut-off", minimum=0.0, maximum=1.0),
-                  })
-
-
-def set_free_init(pipeline, options: dict | None) -> None:
-    """FreeInit on with the row's options, or off: set on every row so it never leaks into the next."""
-    pipeline.enable_free_init(**options) if options is not None else pipeline.disable_free_init()
-
-
-MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the pipeline's arguments
-    "vae_slicing": Param(bool, "decode the VAE one frame/image at a time"),
-    "vae_tiling": Param(bool, "decode the VAE in tiles (large frames)"),
-    "forward_chunking": Param(int, "run the UNet's feed-forward layers in chunks of this size", minimum=1),
-    "vae_float32": Param(bool, "run the VAE in float32 on a GPU (slower; avoids float16 overflow to NaN)"),
-}
-
-
-STEP_CACHE = Param(int, "DeepCache: all of the UNet but its shallowest layers runs on 1 step of every N and is "
-                   "reused in between (faster; frames close to, not equal to, the uncached ones)",
-                   minimum=2, maximum=10)
-
-
-def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
-    """Renderer options of long rows (more frames than the window), for every family."""
-    return {
-        "chunk_mode": Param(str, "how the chunks of a long row are tied together: anchored (independent, in "
-                            "parallel on any actor) or chain (image-to-video: each chunk starts from the last)",
-                            choices=modes),
-        "chunk_window": Param(int, "frames per chunk (default: the model's native window)", minimum=2),
-        "chunk_overlap": Param(int, "frames neighbouring chunks share, blended (default: a quarter of the window "
-                               "when anchored, 1 when chained)", minimum=0),
-    }
 
 
 @dataclass(frozen=True)
@@ -311,38 +221,3 @@ class Family(ABC):
             denoiser.set_step_cache(pipeline, options.get("step_cache"))
 
 
-def frame_noise(seed: int, frames, shape: tuple):
-    """The noise bank of a row: frame t's initial noise comes from its own CPU generator seeded by (seed, t), so
-    the chunks that share a frame start it from identical noise, whichever actor renders them."""
-    import torch
-
-    out = []
-    for t in frames:
-        generator = torch.Generator("cpu").manual_seed((seed * 1_000_003 + t) % 2**63)
-        out.append(torch.randn(shape, generator=generator))
-    return torch.stack(out)
-
-
-def set_vae_float32(vae, dtype, on: bool) -> None:
-    """The VAE in float32 (`on`) or back in the pipeline's `dtype`. In float32 its inputs are cast on the way
-    in, since the pipelines hand it latents in the denoiser's dtype."""
-    import torch
-
-    target = torch.float32 if on else dtype
-    if vae.dtype != target:  # moving is not free, and diffusers warns on every move
-        vae.to(target)
-    hooks = vae.__dict__.setdefault("_render_float32_hooks", [])
-    if on and not hooks:
-        for part in (vae.decoder, getattr(vae, "post_quant_conv", None)):
-            if part is not None:
-                hooks.append(part.register_forward_pre_hook(_inputs_to_float32, with_kwargs=True))
-    elif not on:
-        while hooks:
-            hooks.pop().remove()
-
-
-def _inputs_to_float32(module, args, kwargs):
-    import torch
-
-    cast = lambda v: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}

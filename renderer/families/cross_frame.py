@@ -12,8 +12,9 @@ import inspect
 from dataclasses import dataclass, replace
 
 from ..errors import RowRejected
-from .base import Defaults, Family, Param
+from .base import Defaults, Family
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
+from .params import Param
 
 SCHEDULER_NAMES = ("ddim", "euler", "euler_ancestral", "dpm++", "pndm")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..chunks import ANCHORED, CHAIN, LatentLayout
 from ..errors import RowRejected
-from .base import FREE_INIT, Defaults, Family, Param, set_free_init
+from .base import Defaults, Family
 from .components import (
     clip_image_encoder,
     clip_image_processor,
@@ -16,6 +16,8 @@ from .components import (
     sd15_unet,
     sd_vae,
 )
+from .params import FREE_INIT, Param
+from .pipeline_state import set_free_init
 
 
 @contextlib.contextmanager

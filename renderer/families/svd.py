@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..chunks import ANCHORED, CHAIN, LatentLayout
-from .base import Defaults, Family, Param
+from .base import Defaults, Family
 from .components import clip_image_encoder, clip_image_processor, scheduler
+from .params import Param
 
 
 @dataclass(frozen=True)

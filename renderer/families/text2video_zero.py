@@ -10,8 +10,9 @@ import inspect
 from dataclasses import dataclass, replace
 
 from ..errors import RowRejected
-from .base import Defaults, Family, Param
+from .base import Defaults, Family
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet, sd_vae
+from .params import Param
 
 # the pipeline's default t0=44, t1=47 are chosen for its default 50 steps
 DEFAULT_STEPS, DEFAULT_T0, DEFAULT_T1 = 50, 44, 47

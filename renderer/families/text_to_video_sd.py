@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ..chunks import LatentLayout
 from ..errors import RowRejected
-from .base import Defaults, Family, Param
+from .base import Defaults, Family
 from .components import clip_text_encoder, clip_tokenizer, scheduler, sd_vae
+from .params import Param
 from .prompts import clip_prompt_embeds
 
 # VideoToVideoSDPipeline's default and the guide's upscale strength
