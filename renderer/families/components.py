@@ -3,7 +3,7 @@
 `tiny` parts are small enough to render a video on a CPU in well under a second; `full` parts are the
 published architectures (Stable Diffusion 1.5, CLIP ViT-L/14 and ViT-H/14) with random weights, so
 a benchmark on them costs the real FLOPs and memory. No weights or tokenizer files are downloaded:
-the tokenizer is a byte-level CLIP BPE without merges, built in memory.
+the tokenizers are built in memory (a byte-level CLIP BPE without merges; a T5/UMT5 Unigram with byte fallback).
 """
 from __future__ import annotations
 
@@ -66,6 +66,51 @@ def clip_tokenizer():
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A working T5/UMT5 tokenizer (448 pieces: the specials, 256 byte pieces, printable ASCII with and without the
+    word-start mark): a Unigram with byte fallback, so any UTF-8 text encodes, nothing is fetched."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import T5Tokenizer
+
+    # SentencePiece's word-start mark: each word begins with it, as a space would
+    mark = "\u2581"
+    # ids as T5 has them (pad 0, eos 1, unk 2); the scores make whole characters win over their bytes
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (mark, -2.0)]
+    pieces += [(f"<0x{b:02X}>", -10.0) for b in range(256)]
+    ascii_chars = [chr(c) for c in range(33, 127)]
+    pieces += [(c, -5.0) for c in ascii_chars] + [(mark + c, -4.0) for c in ascii_chars]
+    unigram = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=True))
+    words = dict(replacement=mark, prepend_scheme="always", split=True)
+    split = pre_tokenizers.WhitespaceSplit()
+    unigram.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.Metaspace(**words)])
+    unigram.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(**words)])
+    unigram.post_processor = processors.TemplateProcessing(single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"],
+                                                           special_tokens=[("</s>", 1)])
+    return T5Tokenizer(tokenizer_object=unigram, vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+# UMT5-XXL's encoder (Wan, SkyReels-V2), as its published config.json has it
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+
+
+def umt5_encoder(size: str, tokenizer):
+    """A UMT5 text encoder in eval mode (T5's dropout would make runs differ): tiny (d_model 32, the shape of
+    diffusers' test encoder), or UMT5-XXL's encoder with random weights ('random')."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if size == "tiny":
+        config = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                            relative_attention_num_buckets=8, **ids)
+    elif size == "random":
+        config = UMT5Config(**UMT5_XXL, **ids)
+    else:
+        raise ValueError(f"size={size!r}: must be 'tiny' or 'random'")
+    return UMT5EncoderModel(config).eval()
 
 
 # full-size CLIP text encoders of the published checkpoints

@@ -6,6 +6,7 @@ which call arguments take its results; a family names its encoder (`Family.promp
 """
 from __future__ import annotations
 
+import inspect
 import json
 import weakref
 from collections.abc import Callable
@@ -24,11 +25,22 @@ def clip_prompt_embeds(pipeline, request) -> dict:
 
 
 def t5_prompt_embeds(pipeline, request) -> dict:
-    """The keyword signature of the T5/UMT5 pipelines (Wan, SkyReels-V2, CogVideoX): (embeddings, negative)."""
+    """The keyword signature of the T5/UMT5 pipelines (Wan, SkyReels-V2, CogVideoX): (embeddings, negative).
+
+    Padded to as many tokens as the pipeline's own call pads to (the row's `max_sequence_length`, else the call's
+    default), since the transformer attends to the padding too: Wan's call pads to 512 tokens, its encode_prompt
+    alone to 226."""
+    length = request.params.get("max_sequence_length", _call_default(pipeline, "max_sequence_length"))
     embeds, negative = pipeline.encode_prompt(
         prompt=request.prompt, negative_prompt=request.negative_prompt,
-        do_classifier_free_guidance=request.guidance_scale > 1, device=pipeline._execution_device)
+        do_classifier_free_guidance=request.guidance_scale > 1, device=pipeline._execution_device,
+        max_sequence_length=length)
     return dict(prompt_embeds=embeds, negative_prompt_embeds=negative)
+
+
+def _call_default(pipeline, name: str):
+    """The default value of one of the pipeline call's keyword arguments."""
+    return inspect.signature(type(pipeline).__call__).parameters[name].default
 
 
 def prompt_embeds_once(pipeline, request, encode: Callable = clip_prompt_embeds) -> dict:
