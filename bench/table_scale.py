@@ -3,7 +3,7 @@ flushes, and the resume check of a second run. A million-row table must not stal
 
     python bench/table_scale.py OUT.json [--rows 10000,100000,1000000]
 
-For each size, in a scratch folder: a real Parquet table of text rows; `plan_rows` (read and validate);
+For each size, in a scratch folder: a real Parquet table of text rows; `check_rows` (read and validate);
 `request_record` + `MetadataStore.add` for every row as a run makes them, with the store's own flush spacing
 (flush time is inside `records_s`); the final ordered flush; then, as a second run would, a new store reading that
 file and `carry` for every row with half of the videos in place. `flush_s` is one flush with 1% of the rows new
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from renderer.metadata import FIELDS, MetadataStore, request_record, schema  # noqa: E402
-from renderer.run import plan_rows  # noqa: E402
+from renderer.run import check_rows  # noqa: E402
 
 
 def timed(work):
@@ -39,7 +39,7 @@ def measure(rows: int, scratch: Path) -> dict:
     table = scratch / "rows.parquet"
     pq.write_table(pa.Table.from_pylist([dict(id=f"row{i:07d}", model="tiny-animatediff", prompt=f"scene {i}, a cat",
                                               num_frames=16) for i in range(rows)]), table)
-    plan_s, plan = timed(lambda: plan_rows([str(table)], None))
+    plan_s, plan = timed(lambda: check_rows([str(table)], None))
     out = scratch / "out"
     (out / "videos").mkdir(parents=True)
     for request in plan.requests[::2]:
@@ -63,7 +63,7 @@ def measure(rows: int, scratch: Path) -> dict:
     rewrite_s, _ = timed(lambda: pq.write_table(pa.Table.from_pylist(
         [{name: r.get(name) for name in FIELDS} for r in every], schema=schema()), scratch / "rewrite.parquet"))
 
-    again = plan_rows([str(table)], None)  # a second run: fresh requests, nothing cached
+    again = check_rows([str(table)], None)  # a second run: fresh requests, nothing cached
     read_s, resumed = timed(lambda: MetadataStore(out))
     carry_s, carried = timed(lambda: sum(resumed.carry(request) for request in again.requests))
     return {"rows": rows, "plan_s": plan_s, "records_s": records_s, "record_us": 1e6 * records_s / rows,

@@ -12,7 +12,7 @@ Three operations, each with the same FFmpeg settings both ways:
 - load: decode 16 frames scaled to the row's size, the way an actor reads a row's control video.
 
 Then planning a table whose rows share their videos: 1,000 pix2pix rows over 10 source videos of 16x512x512,
-with `plan_rows` (each file checked once) against `to_request` row by row (each row checking its file).
+with `check_rows` (each file checked once) against `to_request` row by row (each row checking its file).
 
 Videos: 2 frames of 16x16 (bench/scaling.py's rows: all overhead), 16 of 256x256, 16 of 512x512 (AnimateDiff's
 size) and 25 of 576x1024 (SVD-XT's), of smooth moving gradients with a little noise. Per call: wall time and
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from renderer.inputs import check_video, load_video  # noqa: E402
 from renderer.request import to_request  # noqa: E402
-from renderer.run import plan_rows  # noqa: E402
+from renderer.run import check_rows  # noqa: E402
 from renderer.tables import read_tables  # noqa: E402
 from renderer.video import write_mp4  # noqa: E402
 
@@ -137,7 +137,7 @@ def measure_shared(scratch: Path, rows: int = 1000, videos: int = 10) -> dict:
     pq.write_table(pa.Table.from_pylist([dict(id=f"r{i}", model="tiny-pix2pix-video", prompt=f"edit {i}",
                                               video=f"source{i % videos}.mp4") for i in range(rows)]), table)
     start = time.perf_counter()
-    planned = len(plan_rows([table], None).requests)
+    planned = len(check_rows([table], None).requests)
     once = time.perf_counter() - start
     start = time.perf_counter()
     for item in read_tables([table], False):

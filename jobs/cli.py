@@ -119,7 +119,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
     from cluster.connect import connect
     from cluster.submit import auth_warning
     from renderer.options import LoadOptions
-    from renderer.run import RunConfig, plan_rows, run as run_all
+    from renderer.run import RunConfig, check_rows, run as run_all
 
     load = LoadOptions(cpu_offload=cpu_offload, compile=compile_, dtype=dtype, allow_pickle=allow_pickle)
     config = RunConfig(tables=tables, out=out, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
@@ -128,7 +128,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
                        row_timeout=row_timeout, load=load)
     # before Ray starts
     try:
-        plan = plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
+        checked = check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
         _table_error(exc)
     if warning := auth_warning(address):
@@ -136,7 +136,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
     # a stopped Ray Job: record what finished, then exit
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        summary = run_all(config, plan, connect=lambda: connect(address, actors))
+        summary = run_all(config, checked, connect=lambda: connect(address, actors))
     except ConfigError as exc:
         _table_error(exc)
     except WriteFailed as exc:
@@ -228,16 +228,16 @@ def stop(job_id, address):
               help="Most frames a row may ask for.")
 def validate(tables, model, ignore_extra, max_frames):
     """Check TABLES and every row without starting Ray; print what would be rejected."""
-    from renderer.run import plan_rows
+    from renderer.run import check_rows
 
     try:
-        plan = plan_rows(tables, model, ignore_extra=ignore_extra, max_frames=max_frames)
+        checked = check_rows(tables, model, ignore_extra=ignore_extra, max_frames=max_frames)
     except TableError as exc:
         _table_error(exc)
-    for record in plan.rejected:
+    for record in checked.rejected:
         click.echo(f"rejected {record['id']!r}: {record['error']}")
-    click.echo(f"{len(plan.ids)} rows: {len(plan.requests)} ok, {len(plan.rejected)} rejected")
-    sys.exit(1 if plan.rejected else 0)
+    click.echo(f"{len(checked.ids)} rows: {len(checked.requests)} ok, {len(checked.rejected)} rejected")
+    sys.exit(1 if checked.rejected else 0)
 
 
 @main.command()

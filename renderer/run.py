@@ -73,7 +73,7 @@ class RunConfig:
 
 
 @dataclass
-class Plan:
+class CheckedRows:
     ids: list[str]  # every input id, in input order
     requests: list[RenderRequest]
     rejected: list[dict]  # records
@@ -91,51 +91,52 @@ class RunSummary:
         return 0 if set(self.counts) <= {"ok"} else 1
 
 
-def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = False,
-              max_frames: int = MAX_FRAMES) -> Plan:
+def check_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = False,
+               max_frames: int = MAX_FRAMES) -> CheckedRows:
     """Table checks (raise TableError) and row checks (become rejected records); no Ray, no torch."""
-    plan = Plan([], [], [])
-    checked: set[tuple[str, str]] = set()  # (column, file) pairs that passed: each read once, however many rows
+    rows = CheckedRows([], [], [])
+    # (column, file) pairs that passed: each read once, however many rows
+    checked: set[tuple[str, str]] = set()
     for item in read_tables(tables, ignore_extra):
-        plan.ids.append(item.row["id"])
+        rows.ids.append(item.row["id"])
         try:
-            plan.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir,
+            rows.requests.append(to_request(item.row, default_model=model, base_seed=seed, table_dir=item.table_dir,
                                             max_frames=max_frames, checked=checked))
         except RowRejected as exc:
-            plan.rejected.append(rejected_record(item.row, str(exc)))
-    return plan
+            rows.rejected.append(rejected_record(item.row, str(exc)))
+    return rows
 
 
-def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None,
+def run(config: RunConfig, checked: CheckedRows | None = None, connect: Callable[[], None] | None = None,
         actor_class=None) -> RunSummary:
-    """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
+    """Render what `checked` (checked from `config` when not given) still needs; `connect` joins Ray lazily,
     so a run with nothing left to render never starts it. `actor_class` replaces ray_pool.RenderActor (a
     stand-in with its interface, for benchmarks of the orchestration alone)."""
-    plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
+    checked = checked or check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
     with output_lock(config.out):  # before cleaning: temporary files may be another live run's
         refuse_linked_videos_dir(config.out)  # before cleaning too: never delete through a planted link
         clean_temp_files(config.out)
         try:
-            return _run_locked(config, plan, connect, actor_class)
+            return _run_locked(config, checked, connect, actor_class)
         finally:  # a worker killed mid-write leaves its temporary file behind; this run's workers are done
             clean_temp_files(config.out)
 
 
-def _run_locked(config: RunConfig, plan: Plan, connect, actor_class) -> RunSummary:
+def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -> RunSummary:
     import pyarrow.compute as pc
 
     store = MetadataStore(config.out, resume=config.resume)
     summary = RunSummary()
     breaker = WriteBreaker()
-    for record in plan.rejected:
+    for record in checked.rejected:
         store.add(record)
-    todo = [request for request in plan.requests if not store.carry(request)]
-    summary.skipped = len(plan.requests) - len(todo)
+    todo = [request for request in checked.requests if not store.carry(request)]
+    summary.skipped = len(checked.requests) - len(todo)
     try:
         _render(todo, config, store, connect, breaker, actor_class)
     finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
-        table = store.flush(order=plan.ids)  # raises WriteFailed when it cannot: the previous file stays intact
+        table = store.flush(order=checked.ids)  # raises WriteFailed when it cannot: the previous file stays intact
     summary.stopped = breaker.reason
     summary.counts.update(table.column("status").to_pylist())
     failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)

@@ -18,7 +18,7 @@ from renderer import storage
 from renderer.errors import ConfigError
 from renderer.inputs import load_video
 from renderer.paths import output_lock, video_relpath
-from renderer.run import plan_rows
+from renderer.run import check_rows
 from renderer.testing.videos import read_mp4
 from renderer.video import write_mp4
 
@@ -136,7 +136,7 @@ def test_row_inputs_resolve_beside_a_table_on_s3(s3_env, tmp_path):
             dict(id="climbs", prompt="x", video="../../../v/clips/edges.mp4")]
     write_table(tmp_path / "t.parquet", rows)
     upload(s3_env.client, tmp_path, "v")
-    plan = plan_rows([f"s3://{BUCKET}/v/t.parquet"], "tiny-controlnet-video")
+    plan = check_rows([f"s3://{BUCKET}/v/t.parquet"], "tiny-controlnet-video")
     requests = {r.id: r for r in plan.requests}
     assert requests["ok"].video == f"s3://{BUCKET}/v/clips/edges.mp4"
     assert requests["climbs"].video == f"s3://{BUCKET}/v/clips/edges.mp4"  # `..` stops at the bucket's root

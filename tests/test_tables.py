@@ -73,7 +73,7 @@ def test_rows_sharing_an_input_file_read_it_once_and_a_bad_one_rejects_every_row
 
     import renderer.inputs
     import renderer.request
-    from renderer.run import plan_rows
+    from renderer.run import check_rows
     from renderer.video import write_mp4
 
     write_mp4(np.full((4, 64, 64, 3), 120, np.uint8), tmp_path / "clip.mp4", 4)
@@ -86,7 +86,7 @@ def test_rows_sharing_an_input_file_read_it_once_and_a_bad_one_rejects_every_row
     rows = [dict(id=f"clip{i}", model="tiny-controlnet-video", prompt="x", video="clip.mp4") for i in range(4)]
     rows += [dict(id=f"bad{i}", model="tiny-controlnet-video", prompt="x", video="bad.mp4") for i in range(2)]
     rows += [dict(id=f"image{i}", model="tiny-svd", image="cond.png") for i in range(3)]
-    plan = plan_rows([str(write_table(tmp_path / "t.parquet", rows))], None)
+    plan = check_rows([str(write_table(tmp_path / "t.parquet", rows))], None)
     assert sorted(r.id for r in plan.requests) == ["clip0", "clip1", "clip2", "clip3", "image0", "image1", "image2"]
     assert {r["id"]: "not a readable video" in r["error"] for r in plan.rejected} == {"bad0": True, "bad1": True}
     assert sorted((kind, Path(path).name) for kind, path in reads) == [
