@@ -100,7 +100,7 @@ def plan_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = Fal
 def run(config: RunConfig, plan: Plan | None = None, connect: Callable[[], None] | None = None,
         actor_class=None) -> RunSummary:
     """Render what `plan` (planned from `config` when not given) still needs; `connect` joins Ray lazily,
-    so a run with nothing left to render never starts it. `actor_class` replaces ray_pool.RenderActor (a
+    so a run with nothing left to render never starts it. `actor_class` replaces ray_replica.RenderActor (a
     stand-in with its interface, for benchmarks of the orchestration alone)."""
     plan = plan or plan_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
@@ -138,7 +138,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             breaker: WriteBreaker, actor_class) -> None:
     import ray
 
-    from .ray_pool import ActorPool, ModelLoadError, RenderActor
+    from .pool import ModelLoadError
+    from .ray_replica import RenderActor, start_pool
 
     if not requests:
         return
@@ -170,8 +171,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
             load_options = dict(cpu_offload=config.cpu_offload, compile=config.compile, dtype=config.dtype,
                                 allow_pickle=config.allow_pickle)
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, load_options,
-                             actor_class or RenderActor, config.row_timeout)
+            pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
+                              load_options, actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:
             fail_all(group, Outcome("error", str(exc)))
             continue
