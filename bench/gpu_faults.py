@@ -7,7 +7,7 @@ float32-VAE retry.
    SVD-XT row asks its temporal VAE to decode all 25 frames at once (decode_chunk_size 25: about 31 GB at
    576x1024). The out-of-memory error is real; the record's recoveries say which rung rendered the row. The
    next row (decode_chunk_size 8, as the guide has it) must then render with no recovery.
-2. NaN frames are injected once (renderer/faults.py) and the row must come back from the float32-VAE retry; the
+2. NaN frames are injected once (renderer/testing/faults.py) and the row must come back from the float32-VAE retry; the
    frames of that retry are compared (PSNR) with a row rendered with params vae_float32 from the start.
 Writes OUT.json with each row's seconds, recoveries, peak memory and outcome.
 """

@@ -110,7 +110,7 @@ def check_rows(tables, model: str | None, seed: int = 0, ignore_extra: bool = Fa
 def run(config: RunConfig, checked: CheckedRows | None = None, connect: Callable[[], None] | None = None,
         actor_class=None) -> RunSummary:
     """Render what `checked` (checked from `config` when not given) still needs; `connect` joins Ray lazily,
-    so a run with nothing left to render never starts it. `actor_class` replaces ray_pool.RenderActor (a
+    so a run with nothing left to render never starts it. `actor_class` replaces ray_replica.RenderActor (a
     stand-in with its interface, for benchmarks of the orchestration alone)."""
     checked = checked or check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
@@ -148,7 +148,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             breaker: WriteBreaker, actor_class) -> None:
     import ray
 
-    from .ray_pool import ActorPool, ModelLoadError, RenderActor
+    from .pool import ModelLoadError
+    from .ray_replica import RenderActor, start_pool
 
     if not requests:
         return
@@ -178,8 +179,8 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             continue
         try:
             tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
-            pool = ActorPool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, config.load,
-                             actor_class or RenderActor, config.row_timeout)
+            pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
+                              config.load, actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:
             fail_all(group, Outcome("error", str(exc)))
             continue

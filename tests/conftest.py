@@ -30,7 +30,7 @@ def ray_session():
 
 @pytest.fixture
 def inject(tmp_path, monkeypatch):
-    """Set the faults of this test (see renderer/faults.py): for the driver and, through runtime_env, its actors
+    """Set the faults of this test (see renderer/testing/faults.py): for the driver and, through runtime_env, its actors
     and encode tasks. The firings are logged to tmp_path/faults.jsonl."""
     def set_faults(*specs):
         monkeypatch.setenv("RENDER_FAULTS", json.dumps(list(specs)))

@@ -1,4 +1,4 @@
-"""Process and storage faults on a real local Ray, injected through renderer/faults.py: workers killed mid-row
+"""Process and storage faults on a real local Ray, injected through renderer/testing/faults.py: workers killed mid-row
 and mid-encode, a poison row, a hanging row, the driver killed mid-run, a full disk, a metadata write that
 fails. Each test first proves that its fault fired (the fault log), then checks the run's records and files
 with check_invariants."""

@@ -1,4 +1,4 @@
-"""GPU-side faults, injected on the CPU through renderer/faults.py: out of memory, NaN frames, a poisoned CUDA
+"""GPU-side faults, injected on the CPU through renderer/testing/faults.py: out of memory, NaN frames, a poisoned CUDA
 context. Each test first proves that its fault fired (the fault log), then checks what the record says."""
 from __future__ import annotations
 
