@@ -7,7 +7,7 @@ actors spread on several simulated Ray nodes. It measures orchestration only, NO
 A `ray.cluster_utils.Cluster` of a head that runs no actor (0 CPUs, 0 GPUs) and `--nodes` worker nodes, each
 declaring logical GPUs (no real GPU is used), so the run places its actors exactly as on a GPU cluster: one
 actor per GPU, spread over the nodes. Every row goes through `renderer.run.run` as in a real run: a real
-Parquet table, real RenderRequests, the real Scheduler over the real ReplicaPool, real encode tasks writing real
+Parquet table, real RenderRequests, the real Dispatcher over the real ReplicaPool, real encode tasks writing real
 (tiny) mp4 files, a metadata record per row and the progress line. Only the actor is a stand-in: instead of
 loading a pipeline its render sleeps `--step-seconds` (the fixed, known "GPU" time) and returns the row's
 frames as a flat array; it imports neither torch nor diffusers, so 64 of them fit in memory.

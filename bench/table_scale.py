@@ -1,5 +1,5 @@
 """What a big table costs the driver, without Ray or rendering: planning the rows, the metadata records and their
-flushes, and the resume check of a second run. A million-row table must not stall the scheduler loop.
+flushes, and the resume check of a second run. A million-row table must not stall the dispatcher loop.
 
     python bench/table_scale.py OUT.json [--rows 10000,100000,1000000]
 

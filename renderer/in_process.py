@@ -1,21 +1,21 @@
 """An executor that renders a row's tasks in this process, one at a time.
 
-`Model.render` hands a long row to the driver's scheduler with this executor, so the Python API renders
-chunks, chains and the stitch through the same task graph (scheduler.RowState) as the actors of `render run`.
+`Model.render` hands a long row to the driver's dispatcher with this executor, so the Python API renders
+chunks, chains and the stitch through the same task graph (dispatch.RowState) as the actors of `render run`.
 """
 from __future__ import annotations
 
 import itertools
 
-from .scheduler import ERROR, OK, STITCH, Outcome, Task
+from .dispatch import ERROR, OK, STITCH, Outcome, Task
 
 
 class InProcessExecutor:
-    """The scheduler's Executor over one loaded Model: each task renders as soon as it is submitted."""
+    """The dispatcher's Executor over one loaded Model: each task renders as soon as it is submitted."""
 
     def __init__(self, model):
         self.model = model
-        # the first exception a task raised, re-raised by the caller once the scheduler has finished
+        # the first exception a task raised, re-raised by the caller once the dispatcher has finished
         self.error: BaseException | None = None
         self._finished: list = []
         self._tickets = itertools.count()

@@ -11,12 +11,12 @@ import numpy as np
 from . import denoiser, fault_hook
 from .catalog import ModelSpec, read_model_config, resolve_model
 from .chunks import colour_match, seam_metrics, stitch
+from .dispatch import Dispatcher
 from .errors import BadOutput, UnsafeCheckpoint
 from .in_process import InProcessExecutor
 from .inputs import load_image, load_video
 from .options import LoadOptions
 from .request import RenderRequest, to_request
-from .scheduler import Scheduler
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Model:
 
         A plain dict is validated exactly as a table row is (relative paths resolve against the working
         directory, the seed defaults to one derived from the id). A row longer than the model's window goes
-        through the scheduler's task graph (chunks, chains, the stitch) as in `render run`, each task rendered
+        through the dispatcher's task graph (chunks, chains, the stitch) as in `render run`, each task rendered
         here in turn (in_process.py) instead of on actors spread over GPUs.
         """
         request = row if isinstance(row, RenderRequest) else to_request(
@@ -52,7 +52,7 @@ class Model:
         if len(request.plan) == 1:
             return self.render_whole(request)
         executor, results = InProcessExecutor(self), []
-        Scheduler(executor, max_attempts=1, on_done=lambda _, outcome, __: results.append(outcome)).run([request])
+        Dispatcher(executor, max_attempts=1, on_done=lambda _, outcome, __: results.append(outcome)).run([request])
         if executor.error is not None:
             raise executor.error
         return results[0].output

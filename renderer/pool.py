@@ -1,13 +1,13 @@
 """The pool's policies as pure code over replicas, so they are tested without Ray (tests/test_pool.py).
 
-`ReplicaPool` is the scheduler's Executor (see scheduler.py) over the replicas of one model:
+`ReplicaPool` is the dispatcher's Executor (see dispatch.py) over the replicas of one model:
 - back-pressure: each replica holds at most TASKS_QUEUED_PER_ACTOR unreturned calls, and the pool at most
   ENCODES_PER_ACTOR tasks per replica beyond them whose result is not final (frames waiting for their encode);
 - placement: a task goes to the live replica with the fewest unreturned calls;
 - deaths: the task a replica was executing when it died pays an attempt, the tasks queued behind it are requeued
   without charge, and a death is charged once however many of its tasks report it;
 - timeouts: with `row_timeout`, a task executing longer fails `timeout` and its replica is killed and replaced;
-- classification: what a task raised becomes the scheduler's status.
+- classification: what a task raised becomes the dispatcher's status.
 
 What carries the tasks is the replicas' business (renderer/ray_replica.py: one Ray actor each); the pool sees
 their handles, opaque and hashable, and waits on many at once through a `wait` function of the transport.
@@ -20,8 +20,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from .dispatch import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, Outcome, Task
 from .errors import BadOutput, RowRejected, WriteFailed
-from .scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, Outcome, Task
 
 # on the replica: one executing, one waiting, so it never idles between tasks
 TASKS_QUEUED_PER_ACTOR = 2
@@ -47,7 +47,7 @@ class ModelLoadError(Exception):
 class Call:
     """A task submitted to a replica, as the transport's handles."""
 
-    # finishes when the task's result is final (its video written, its chunk rendered): what the scheduler waits on
+    # finishes when the task's result is final (its video written, its chunk rendered): what the dispatcher waits on
     done: Hashable
     # finishes when the replica is done executing the task and starts its next one; never after `done`
     returned: Hashable
@@ -150,7 +150,7 @@ def classify(report: Report) -> Outcome:
 
 
 class ReplicaPool:
-    """An Executor (see scheduler.py) over `replicas` of one model, waiting on their handles through `wait`.
+    """An Executor (see dispatch.py) over `replicas` of one model, waiting on their handles through `wait`.
     With `row_timeout` (seconds, measured by `clock`), a task executing longer fails `timeout` and its replica is
     killed and replaced."""
 

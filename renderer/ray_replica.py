@@ -16,10 +16,10 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from . import fault_hook, storage
+from .dispatch import STITCH, Task
 from .errors import BadOutput, RowRejected, WriteFailed
 from .options import LoadOptions
 from .pool import HELPER_DIED, REPLICA_DIED, Call, ModelLoadError, ReplicaPool, Report
-from .scheduler import STITCH, Task
 
 # before an actor exits on purpose: the reply of the call it finished just before is sent by another thread and
 # may still be on its way; exiting at once loses it, and the driver then blames that call's row for the death
@@ -91,7 +91,7 @@ class RenderActor:
 
 
 # num_cpus=0: light next to a render, it must never wait behind CPU actors for a slot. max_retries=0: a
-# killed encode is an attempt the scheduler counts against --max-attempts, not a silent retry
+# killed encode is an attempt the dispatcher counts against --max-attempts, not a silent retry
 @ray.remote(num_cpus=0, max_retries=0)
 def encode(frames, info: dict, final_path: str, fps: int, row_id: str) -> dict:
     """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done)."""

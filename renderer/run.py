@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import storage
+from .dispatch import OK, Dispatcher, Outcome, WriteBreaker
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
 from .options import LoadOptions
 from .paths import clean_temp_files, output_lock, refuse_linked_videos_dir
 from .progress import Progress
 from .request import MAX_FRAMES, RenderRequest, to_request
-from .scheduler import OK, Outcome, Scheduler, WriteBreaker
 from .tables import read_tables
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -185,7 +185,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
             fail_all(group, Outcome("error", str(exc)))
             continue
         try:
-            Scheduler(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind),
+            Dispatcher(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind),
                       breaker).run(group)
         finally:
             pool.shutdown()

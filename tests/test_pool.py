@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import ROOT
+from renderer.dispatch import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, Task
 from renderer.errors import BadOutput, RowRejected, WriteFailed
 from renderer.pool import DEATH_SETTLE_S, HELPER_DIED, REPLICA_DIED, Call, ReplicaPool, Report
-from renderer.scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, REQUEUE, Task
 
 DEATH = Report(death=REPLICA_DIED, message="worker_crashed: the replica died")
 

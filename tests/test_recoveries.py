@@ -95,7 +95,7 @@ def test_run_records_recoveries_fails_bad_output_for_good_and_replaces_a_poisone
     assert records["oom"]["status"] == "ok"
     assert records["oom"]["recoveries"] == ["out_of_memory: decode_chunk_size=3, vae_slicing=True"]
     nan = records["nan"]
-    assert (nan["status"], nan["attempts"], nan["video_path"]) == ("failed", 1, None)  # not retried by the scheduler
+    assert (nan["status"], nan["attempts"], nan["video_path"]) == ("failed", 1, None)  # not retried by the dispatcher
     assert nan["error"].startswith("nan_output")
     poisoned = records["poisoned"]  # the actor process exited and came back as a new process
     assert poisoned["status"] == "ok" and poisoned["actor"] != records["oom"]["actor"]

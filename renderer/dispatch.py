@@ -1,8 +1,8 @@
-"""The driver-side scheduler: pure Python over an executor interface, so it is tested without Ray.
+"""The driver-side dispatcher: pure Python over an executor interface, so it is tested without Ray.
 
 A row is a small DAG of tasks. A row that fits its model's window is one task. A long row is one task
 per chunk (all at once when the chunks are anchored, one after another when they are chained) and then
-a stitch task that blends them into the video. The scheduler submits tasks while `executor.free` says the
+a stitch task that blends them into the video. The dispatcher submits tasks while `executor.free` says the
 executor takes more, older rows first, streams new rows in as workers free up, retries a task that raised or whose
 worker died until `max_attempts`, and reports every row's final outcome exactly once. When the output
 storage keeps failing (WriteBreaker) it stops taking new work and reports the rows it did not render.
@@ -53,7 +53,7 @@ class Executor(Protocol):
 
 @dataclass
 class RowState:
-    """What the scheduler knows of one row in progress."""
+    """What the dispatcher knows of one row in progress."""
 
     request: Any
     waiting: deque  # tasks ready to submit
@@ -83,7 +83,7 @@ class WriteBreaker:
     """Trips once `limit` different rows in a row failed to write their video, with no successful write in
     between: the storage is full, read-only or gone, and rendering the rest of the table would be wasted.
     One row failing again and again (a folder in the way of its own path) counts once and never trips it.
-    Shared by the schedulers of one run, so a tripped run starts no other model either."""
+    Shared by the dispatchers of one run, so a tripped run starts no other model either."""
 
     limit: int = WRITE_FAILURES_TO_STOP
     failing: set = field(default_factory=set)  # rows whose write failed since the last successful one
@@ -104,7 +104,7 @@ class WriteBreaker:
 
 
 @dataclass
-class Scheduler:
+class Dispatcher:
     executor: Executor
     max_attempts: int
     on_done: Callable[[object, Outcome, int], None]  # (request, final outcome, attempts)

@@ -1,8 +1,8 @@
-"""The driver-side scheduler, without Ray: a scripted executor decides each attempt's outcome."""
+"""The driver-side dispatcher, without Ray: a scripted executor decides each attempt's outcome."""
 from dataclasses import dataclass
 
 from renderer.chunks import plan_chunks
-from renderer.scheduler import CRASHED, ERROR, FAILED, OK, REJECTED, STITCH, Outcome, Scheduler
+from renderer.dispatch import CRASHED, ERROR, FAILED, OK, REJECTED, STITCH, Dispatcher, Outcome
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def run(script, capacity=2, max_attempts=3, rows=("a", "b", "c", "d"), executor=
     executor = executor or ScriptedExecutor(capacity, script)
     done = {}
     requests = [Req(r) if isinstance(r, str) else r for r in rows]
-    Scheduler(executor, max_attempts,
+    Dispatcher(executor, max_attempts,
               lambda r, o, n: done.setdefault(r.id, (o.status, n, o.info, o.error))).run(requests)
     return {k: v[:2] for k, v in done.items()}, executor, {k: v[2] for k, v in done.items()}, \
         {k: v[3] for k, v in done.items()}
@@ -139,7 +139,7 @@ def test_progress_counts_rows_chunks_and_retries():
     def done(request, outcome, attempts):
         progress.event("done", ok=outcome.status == OK)
 
-    Scheduler(executor, 3, done, lambda kind, _: kind != "done" and progress.event(kind)).run([ANCHORED, Req("a")])
+    Dispatcher(executor, 3, done, lambda kind, _: kind != "done" and progress.event(kind)).run([ANCHORED, Req("a")])
     progress.close()
     assert "2/2 rows | failed 0 | in flight 0 | chunks 3/3 | retries 1 |" in stream.getvalue().splitlines()[-1]
 
