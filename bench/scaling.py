@@ -1,4 +1,4 @@
-"""How well the orchestration scales: the driver's scheduler, the actor pool and the encode tasks, over 1 to 64
+"""How well the orchestration scales: the driver's dispatcher, the actor pool and the encode tasks, over 1 to 64
 actors spread on several simulated Ray nodes. It measures orchestration only, NOT rendering.
 
     python bench/scaling.py OUT.json [--actors 1,2,4,8,16,32,64] [--step-seconds 2] [--rows-per-actor 8]
@@ -213,7 +213,7 @@ def main():
     for r in results:
         r["efficiency"] = r["throughput_rows_s"] / (r["actors"] * results[0]["throughput_rows_s"]
                                                     / results[0]["actors"])
-    report = {"measures": "orchestration only (scheduler, actor pool, encode tasks, metadata), not rendering: "
+    report = {"measures": "orchestration only (dispatcher, actor pool, encode tasks, metadata), not rendering: "
                           "each render is a fixed sleep in a stand-in actor",
               "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
               "step_seconds": args.step_seconds, "rows_per_actor": args.rows_per_actor, "nodes": args.nodes,

@@ -24,12 +24,15 @@ COMPONENT_LIBRARIES = ("diffusers", "transformers")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str  # as the row or --model wrote it
+    # as the row or --model wrote it
+    name: str
     family: Family
-    source: str  # "tiny", "random" or "checkpoint"
+    # "tiny", "random" or "checkpoint"
+    source: str
     window: int
     defaults: Defaults
-    location: str = ""  # folder or hub id for checkpoints
+    # folder or hub id for checkpoints
+    location: str = ""
 
 
 def preset_names() -> list[str]:
@@ -45,7 +48,8 @@ def resolve_model(name: str) -> ModelSpec:
         defaults = family.tiny_defaults if size == "tiny" else family.defaults
         return ModelSpec(name, family, size, family.window, defaults)
     family_name, sep, location = name.partition(":")
-    if sep and family_name in FAMILIES:  # FAMILY:LOCATION picks the family explicitly
+    # FAMILY:LOCATION picks the family explicitly
+    if sep and family_name in FAMILIES:
         return _checkpoint_spec(name, location, FAMILIES[family_name])
     return _checkpoint_spec(name, name, None)
 

@@ -122,10 +122,12 @@ def blend_weights(chunks: tuple[Chunk, ...]) -> list[np.ndarray]:
     weights = []
     for i, chunk in enumerate(chunks):
         w = np.ones(chunk.frames)
-        if i > 0:  # ramp up over the overlap with the previous chunk
+        # ramp up over the overlap with the previous chunk
+        if i > 0:
             shared = max(0, chunks[i - 1].end - chunk.start)
             w[:shared] = np.minimum(w[:shared], np.arange(1, shared + 1) / (shared + 1))
-        if i + 1 < len(chunks):  # ramp down over the overlap with the next chunk
+        # ramp down over the overlap with the next chunk
+        if i + 1 < len(chunks):
             shared = max(0, chunk.end - chunks[i + 1].start)
             w[chunk.frames - shared:] = np.minimum(w[chunk.frames - shared:], np.arange(shared, 0, -1) / (shared + 1))
         weights.append(w)

@@ -15,28 +15,40 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 OK, REJECTED, ERROR, CRASHED = "ok", "rejected", "error", "crashed"
-FAILED = "failed"  # failed for good (bad output after the actor's own retry): never retried
-REQUEUE = "requeue"  # lost through no fault of its own (queued behind a task that crashed its worker)
-STITCH = -1  # the chunk index of a row's stitch task
-WRITE_FAILURES_TO_STOP = 3  # rows in a row whose video could not be written before the run stops
+# failed for good (bad output after the actor's own retry): never retried
+FAILED = "failed"
+# lost through no fault of its own (queued behind a task that crashed its worker)
+REQUEUE = "requeue"
+# the chunk index of a row's stitch task
+STITCH = -1
+# rows in a row whose video could not be written before the run stops
+WRITE_FAILURES_TO_STOP = 3
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # OK, REJECTED (bad input), FAILED (for good), ERROR (raised), CRASHED (worker died), REQUEUE
+    # OK, REJECTED (bad input), FAILED (for good), ERROR (raised), CRASHED (worker died), REQUEUE
+    status: str
     error: str | None = None
-    info: dict = field(default_factory=dict)  # seconds, gpu, actor, ... for the record
-    output: Any = None  # a chunk's frames or latents as the executor holds them (an ObjectRef under Ray)
-    write_failed: bool = False  # the video could not be written (disk full, ...): see WriteBreaker
+    # seconds, gpu, actor, ... for the record
+    info: dict = field(default_factory=dict)
+    # a chunk's frames or latents as the executor holds them (an ObjectRef under Ray)
+    output: Any = None
+    # the video could not be written (disk full, ...): see WriteBreaker
+    write_failed: bool = False
 
 
 @dataclass(frozen=True)
 class Task:
     request: Any
-    chunk: int = 0  # index into request.plan, or STITCH
-    previous: Any = None  # chained chunks: the previous chunk's output
-    first: Any = None  # chained chunks: the first chunk's output (the colour reference)
-    parts: tuple = ()  # stitch: every chunk's output, in order
+    # index into request.plan, or STITCH
+    chunk: int = 0
+    # chained chunks: the previous chunk's output
+    previous: Any = None
+    # chained chunks: the first chunk's output (the colour reference)
+    first: Any = None
+    # stitch: every chunk's output, in order
+    parts: tuple = ()
 
     @property
     def whole_row(self) -> bool:
@@ -44,7 +56,8 @@ class Task:
 
 
 class Executor(Protocol):
-    free: int  # how many more tasks it accepts now (none while every worker restarts)
+    # how many more tasks it accepts now (none while every worker restarts)
+    free: int
 
     def submit(self, task: Task) -> Hashable: ...
 
@@ -56,10 +69,14 @@ class RowState:
     """What the dispatcher knows of one row in progress."""
 
     request: Any
-    waiting: deque  # tasks ready to submit
-    outputs: dict = field(default_factory=dict)  # chunk index -> output
-    infos: dict = field(default_factory=dict)  # chunk index -> info
-    attempts: dict = field(default_factory=dict)  # chunk index -> tries so far
+    # tasks ready to submit
+    waiting: deque
+    # chunk index -> output
+    outputs: dict = field(default_factory=dict)
+    # chunk index -> info
+    infos: dict = field(default_factory=dict)
+    # chunk index -> tries so far
+    attempts: dict = field(default_factory=dict)
     done: bool = False
 
     @classmethod
@@ -86,8 +103,10 @@ class WriteBreaker:
     Shared by the dispatchers of one run, so a tripped run starts no other model either."""
 
     limit: int = WRITE_FAILURES_TO_STOP
-    failing: set = field(default_factory=set)  # rows whose write failed since the last successful one
-    reason: str | None = None  # why the run stopped, once tripped
+    # rows whose write failed since the last successful one
+    failing: set = field(default_factory=set)
+    # why the run stopped, once tripped
+    reason: str | None = None
 
     def observe(self, row_id: Hashable, outcome: Outcome, wrote: bool) -> None:
         """A task's outcome; `wrote`: the task ends by writing the row's video (a whole row or a stitch)."""
@@ -107,14 +126,16 @@ class WriteBreaker:
 class Dispatcher:
     executor: Executor
     max_attempts: int
-    on_done: Callable[[object, Outcome, int], None]  # (request, final outcome, attempts)
+    # (request, final outcome, attempts)
+    on_done: Callable[[object, Outcome, int], None]
     # "start" (a row), "retry" (a task), "chunk" (a chunk of a long row rendered), "done" (a row)
     on_event: Callable[[str, object], None] = lambda kind, request: None
     breaker: WriteBreaker = field(default_factory=WriteBreaker)
 
     def run(self, requests: Iterable) -> None:
         incoming = iter(requests)
-        rows: deque[RowState] = deque()  # rows in progress, oldest first
+        # rows in progress, oldest first
+        rows: deque[RowState] = deque()
         in_flight: dict[Hashable, tuple[RowState, Task]] = {}
         exhausted = False
         while True:
@@ -165,7 +186,8 @@ class Dispatcher:
             return
         if outcome.status in (ERROR, CRASHED) and row.attempts[task.chunk] < self.max_attempts \
                 and not self.breaker.reason:
-            row.waiting.appendleft(task)  # retried next, not after the whole backlog
+            # retried next, not after the whole backlog
+            row.waiting.appendleft(task)
             self.on_event("retry", row.request)
             return
         if outcome.status != OK or task.whole_row or task.chunk == STITCH:
@@ -179,8 +201,10 @@ class Dispatcher:
     def _finish(self, row: RowState, outcome: Outcome) -> None:
         row.done = True
         row.waiting.clear()
-        row.outputs.clear()  # lets the object store free the chunks
-        if row.infos:  # a long row: add what each chunk's render reported
+        # lets the object store free the chunks
+        row.outputs.clear()
+        # a long row: add what each chunk's render reported
+        if row.infos:
             chunks = [row.infos[i] for i in sorted(row.infos)]
             info = {**outcome.info, "chunk_actors": [c.get("actor") for c in chunks],
                     "seconds": sum(c.get("seconds", 0.0) for c in chunks) + outcome.info.get("seconds", 0.0),

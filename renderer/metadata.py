@@ -12,17 +12,23 @@ from .errors import WriteFailed
 from .paths import METADATA_FILE, VIDEOS_DIR
 from .request import RenderRequest
 
-WRITE_SHARE_INVERSE = 20  # the next flush waits at least 20 times as long as the last write took
+# the next flush waits at least 20 times as long as the last write took
+WRITE_SHARE_INVERSE = 20
 
-FIELDS = {  # name -> pyarrow type name ("list<T>": a list of T)
+# name -> pyarrow type name ("list<T>": a list of T)
+FIELDS = {
     "id": "string", "status": "string", "error": "string", "video_path": "string", "model": "string",
-    "prompt": "string",  # as the table gave it, byte for byte
+    # as the table gave it, byte for byte
+    "prompt": "string",
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
     "params": "string", "fingerprint": "string",
-    "recoveries": "list<string>",  # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
-    "prompt_truncated": "bool_",  # the text encoder saw only the prompt's first tokens (CLIP: 77)
-    "finished_at": "float64",  # when the row's record was made, in seconds since the Unix epoch
+    # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
+    "recoveries": "list<string>",
+    # the text encoder saw only the prompt's first tokens (CLIP: 77)
+    "prompt_truncated": "bool_",
+    # when the row's record was made, in seconds since the Unix epoch
+    "finished_at": "float64",
     # long rows (null for a row rendered in one call)
     "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
     "seams": "list<float64>", "drift": "list<float64>",
@@ -75,10 +81,14 @@ class MetadataStore:
         self._interval = flush_every
         self._previous = self._read_previous() if resume else _empty()
         self._previous_rows = {row_id: i for i, row_id in enumerate(self._previous.column("id").to_pylist())}
-        self._videos: set[str] | None = None  # the video files in place, listed on first need
-        self._table = _empty()  # the records converted so far
-        self._pending: list[dict] = []  # records added since the last conversion
-        self._carried: list[int] = []  # rows of the previous table kept since the last conversion
+        # the video files in place, listed on first need
+        self._videos: set[str] | None = None
+        # the records converted so far
+        self._table = _empty()
+        # records added since the last conversion
+        self._pending: list[dict] = []
+        # rows of the previous table kept since the last conversion
+        self._carried: list[int] = []
         self._last_flush = time.monotonic()
 
     def carry(self, request: RenderRequest) -> bool:
@@ -103,7 +113,8 @@ class MetadataStore:
         if time.monotonic() - self._last_flush >= self._interval:
             try:
                 self.flush()
-            except WriteFailed as exc:  # the run goes on: the records are kept and written by a later flush
+            except WriteFailed as exc:
+                # the run goes on: the records are kept and written by a later flush
                 print(f"warning: {exc}; the previous {METADATA_FILE} stays until a later write succeeds",
                       file=sys.stderr)
 
@@ -122,7 +133,8 @@ class MetadataStore:
             with storage.writing(self.path) as temp:
                 pq.write_table(table, temp)
                 fault_hook.strike("metadata", METADATA_FILE)
-        finally:  # a failing write is not retried at every record either
+        finally:
+            # a failing write is not retried at every record either
             self._last_flush = time.monotonic()
             self._interval = max(self.flush_every, WRITE_SHARE_INVERSE * (self._last_flush - start))
         return table

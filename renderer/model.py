@@ -24,8 +24,10 @@ class Model:
     spec: ModelSpec
     pipeline: Any
     device: str
-    offloaded: bool = False  # loaded with CPU offload
-    recoveries: list[str] = field(default_factory=list)  # what the last render needed to succeed (OOM, NaN)
+    # loaded with CPU offload
+    offloaded: bool = False
+    # what the last render needed to succeed (OOM, NaN)
+    recoveries: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.pipeline.set_progress_bar_config(disable=True)
@@ -121,7 +123,8 @@ class Model:
             row["image"] = png.getvalue()
         try:
             self.render_whole(to_request(row, default_model=self.spec.name))
-        except BadOutput:  # random weights may render black: the compiling is what counted
+        except BadOutput:
+            # random weights may render black: the compiling is what counted
             pass
 
     def _guarded(self, request: RenderRequest, produce: Callable[[RenderRequest], np.ndarray]) -> np.ndarray:
@@ -136,7 +139,8 @@ class Model:
 
         self.recoveries = []
         rungs = memory_rungs(self.spec.family, request, self.device, self.offloaded)
-        offloaded = False  # whether the ladder moved the pipeline to CPU offload for this row
+        # whether the ladder moved the pipeline to CPU offload for this row
+        offloaded = False
         try:
             while True:
                 try:
@@ -158,7 +162,8 @@ class Model:
                     self.recoveries.append(f"{str(exc).split(':')[0]}: vae_float32=True")
                     request = replace(request, options={**request.options, "vae_float32": True})
         finally:
-            if offloaded:  # the next row starts with the pipeline as it was loaded
+            # the next row starts with the pipeline as it was loaded
+            if offloaded:
                 self.pipeline.remove_all_hooks()
                 self.pipeline.to(self.device)
 
@@ -210,7 +215,8 @@ def to_uint8(frames) -> np.ndarray:
 
     frames = frames.permute(0, 2, 3, 1) if torch.is_tensor(frames) else torch.from_numpy(frames)
     video = (frames.float() * 255).round().clamp(0, 255).to(torch.uint8)
-    finite, lit = torch.stack([torch.isfinite(frames).all(), video.amax() > 0]).tolist()  # one wait on the GPU
+    # one wait on the GPU
+    finite, lit = torch.stack([torch.isfinite(frames).all(), video.amax() > 0]).tolist()
     if not finite:
         raise BadOutput("nan_output: the pipeline produced NaN or infinite values")
     if not lit:

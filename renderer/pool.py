@@ -137,7 +137,7 @@ class Ticket:
 
 
 def classify(report: Report) -> Outcome:
-    """The scheduler's outcome of a task's report; REPLICA_DIED stays for the pool to settle."""
+    """The dispatcher's outcome of a task's report; REPLICA_DIED stays for the pool to settle."""
     if report.death == REPLICA_DIED:
         return Outcome(REPLICA_DIED, report.message)
     if report.death == HELPER_DIED:

@@ -25,7 +25,8 @@ INT_COLUMNS = ("num_frames", "height", "width", "num_inference_steps", "fps")
 RESERVED_PARAMS = {"generator", "latents", "output_type", "return_dict", "callback_on_step_end",
                    "callback_on_step_end_tensor_inputs", "prompt_embeds", "negative_prompt_embeds"}
 MAX_SEED = 2**63 - 1
-MAX_FRAMES = 2048  # default cap on a row's num_frames (`--max-frames`)
+# default cap on a row's num_frames (`--max-frames`)
+MAX_FRAMES = 2048
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,19 @@ class RenderRequest:
     seed: int
     prompt: str | None = None
     negative_prompt: str | None = None
-    image: str | bytes | None = None  # absolute path, object URI or encoded bytes
-    video: str | None = None  # absolute path or object URI
+    # absolute path, object URI or encoded bytes
+    image: str | bytes | None = None
+    # absolute path or object URI
+    video: str | None = None
     # the row's `params`, checked and held apart: the pipeline call's own keyword arguments, as the row gave them,
     # and the renderer's options (chunking, memory, caches, the family's pipeline state), which a recovery on the
     # actor may change
     arguments: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
-    chunk_mode: str | None = None  # "anchored" or "chain" for a row of several chunks
-    plan: tuple[Chunk, ...] = ()  # the chunks; default: the whole row in one call
+    # "anchored" or "chain" for a row of several chunks
+    chunk_mode: str | None = None
+    # the chunks; default: the whole row in one call
+    plan: tuple[Chunk, ...] = ()
 
     def __post_init__(self):
         if not self.plan:
@@ -66,7 +71,8 @@ class RenderRequest:
     def video_path(self) -> str:
         return video_relpath(self.id)
 
-    @cached_property  # once per request: the resume check and the record both need it, a million times a run
+    # once per request: the resume check and the record both need it, a million times a run
+    @cached_property
     def fingerprint(self) -> str:
         """Digest of everything the frames depend on; resume re-renders a row whose fingerprint changed."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("arguments", "options")}
@@ -218,7 +224,8 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
     if "prompt" not in family.inputs:
         raise RowRejected(column, value, f"family {family.name!r} takes no text (it is conditioned on the "
                           f"{' and '.join(family.inputs)})")
-    if column == "prompt" and not value.strip():  # a text-conditioned row without text is a broken export
+    # a text-conditioned row without text is a broken export
+    if column == "prompt" and not value.strip():
         raise RowRejected(column, value, f"must not be empty or whitespace only (family {family.name!r} is "
                           "conditioned on it)")
     if "\x00" in value:
@@ -238,7 +245,8 @@ def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path
     if column not in family.inputs:
         raise RowRejected(column, value, f"family {family.name!r} takes no {column}")
     ref = input_ref(column, value, table_dir, allow_bytes=column == "image")
-    if isinstance(ref, bytes):  # an image's bytes are not kept in `checked`: hashing them costs what checking does
+    # an image's bytes are not kept in `checked`: hashing them costs what checking does
+    if isinstance(ref, bytes):
         check_image(ref)
     elif (column, ref) not in checked:
         check_image(ref) if column == "image" else check_video(ref)

@@ -74,17 +74,22 @@ class RunConfig:
 
 @dataclass
 class CheckedRows:
-    ids: list[str]  # every input id, in input order
+    # every input id, in input order
+    ids: list[str]
     requests: list[RenderRequest]
-    rejected: list[dict]  # records
+    # records
+    rejected: list[dict]
 
 
 @dataclass
 class RunSummary:
     counts: Counter = field(default_factory=Counter)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (id, error), first few
-    skipped: int = 0  # already rendered by an earlier run
-    stopped: str | None = None  # why the run stopped taking new work, if it did
+    # (id, error), first few
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    # already rendered by an earlier run
+    skipped: int = 0
+    # why the run stopped taking new work, if it did
+    stopped: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -114,12 +119,15 @@ def run(config: RunConfig, checked: CheckedRows | None = None, connect: Callable
     stand-in with its interface, for benchmarks of the orchestration alone)."""
     checked = checked or check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     storage.make_dirs(config.out)
-    with output_lock(config.out):  # before cleaning: temporary files may be another live run's
-        refuse_linked_videos_dir(config.out)  # before cleaning too: never delete through a planted link
+    # before cleaning: temporary files may be another live run's
+    with output_lock(config.out):
+        # before cleaning too: never delete through a planted link
+        refuse_linked_videos_dir(config.out)
         clean_temp_files(config.out)
         try:
             return _run_locked(config, checked, connect, actor_class)
-        finally:  # a worker killed mid-write leaves its temporary file behind; this run's workers are done
+        finally:
+            # a worker killed mid-write leaves its temporary file behind; this run's workers are done
             clean_temp_files(config.out)
 
 
@@ -135,8 +143,10 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
     summary.skipped = len(checked.requests) - len(todo)
     try:
         _render(todo, config, store, connect, breaker, actor_class)
-    finally:  # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
-        table = store.flush(order=checked.ids)  # raises WriteFailed when it cannot: the previous file stays intact
+    finally:
+        # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
+        # raises WriteFailed when it cannot: the previous file stays intact
+        table = store.flush(order=checked.ids)
     summary.stopped = breaker.reason
     summary.counts.update(table.column("status").to_pylist())
     failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)
@@ -170,15 +180,18 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
 
     def fail_all(group: list[RenderRequest], outcome: Outcome) -> None:
         for request in group:
-            progress.event("start")  # each row starts and fails at once
+            # each row starts and fails at once
+            progress.event("start")
             done(request, outcome, 0)
 
-    for model, group in by_model.items():  # one model at a time gets every actor slot
+    # one model at a time gets every actor slot
+    for model, group in by_model.items():
         if breaker.reason:
             fail_all(group, breaker.not_rendered())
             continue
         try:
-            tasks = sum(len(request.plan) for request in group)  # a long row's chunks can use several actors
+            # a long row's chunks can use several actors
+            tasks = sum(len(request.plan) for request in group)
             pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
                               config.load, actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:

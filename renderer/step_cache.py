@@ -17,7 +17,8 @@ from __future__ import annotations
 class StepCache:
     def __init__(self, unet, deep: tuple | None = None):
         """`deep`: the modules a reusing step skips; default DeepCache's shallowest branch (`deep_modules`)."""
-        self.interval = None  # None: off
+        # None: off
+        self.interval = None
         self.step = 0
         self.reuse = False
         deep = deep_modules(unet) if deep is None else deep
@@ -31,7 +32,8 @@ class StepCache:
     def reset(self, interval: int | None) -> None:
         """Before a render: the row's interval (None: off), starting with a full step."""
         self.interval, self.step, self.reuse = interval, 0, False
-        self.outputs.update(dict.fromkeys(self.outputs))  # the last row's features are let go
+        # the last row's features are let go
+        self.outputs.update(dict.fromkeys(self.outputs))
 
     def _before_step(self, unet, args) -> None:
         self.reuse = bool(self.interval) and self.step % self.interval != 0

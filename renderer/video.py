@@ -25,7 +25,8 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "")
             for index, frame in enumerate(frames):
                 fault_hook.strike("encode", row_id, done=index / count)
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())  # the frames the encoder still holds
+            # the frames the encoder still holds
+            container.mux(stream.encode())
 
 
 def decode(source, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:

@@ -2,7 +2,16 @@
 import numpy as np
 import pytest
 
-from renderer.chunks import Chunk, blend_weights, colour_match, plan_chunks, seam_metrics, stitch
+from renderer.chunks import (
+    FRAME_LAYOUT,
+    Chunk,
+    LatentLayout,
+    blend_weights,
+    colour_match,
+    plan_chunks,
+    seam_metrics,
+    stitch,
+)
 
 PLANS = [  # (N, W, O) -> chunk ranges
     ((40, 16, 4), [(0, 16), (12, 28), (24, 40)]),  # the worked example: an exact fit
@@ -23,6 +32,43 @@ def test_plan(args, ranges):
     assert [(c.start, c.end) for c in chunks] == ranges
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert all(c.frames == min(args[0], args[1]) for c in chunks)
+
+
+# a diffusion transformer's VAE: 4 frames per latent frame, the first alone (Wan, CogVideoX, HunyuanVideo)
+CAUSAL4 = LatentLayout(frame_axis=1, temporal=4, causal_first=True)
+LAYOUTS = [  # (layout, frames) -> (latent frames, valid, the rule as an error names it)
+    ((FRAME_LAYOUT, 40), (40, True, "a multiple of 1")),
+    ((CAUSAL4, 81), (21, True, "4k+1 (5, 9, ...)")),
+    ((CAUSAL4, 80), (20, False, "4k+1 (5, 9, ...)")),
+    ((LatentLayout(temporal=8, causal_first=True), 161), (21, True, "8k+1 (9, 17, ...)")),
+    ((LatentLayout(temporal=2), 16), (8, True, "a multiple of 2")),
+    ((LatentLayout(temporal=2), 15), (7, False, "a multiple of 2")),
+]
+
+
+@pytest.mark.parametrize("args, expected", LAYOUTS, ids=[f"{a[0].temporal}-{a[1]}" for a, _ in LAYOUTS])
+def test_latent_layout_counts_frames(args, expected):
+    layout, frames = args
+    assert (layout.latent_frames(frames), layout.valid_frames(frames), layout.frame_rule()) == expected
+
+
+LATENT_PLANS = [  # (N, W, O, layout) -> (video spans, latent spans)
+    # one latent frame per video frame: the latent plan is the video plan
+    ((40, 16, 4, FRAME_LAYOUT), ([(0, 16), (12, 28), (24, 40)], [(0, 16), (12, 28), (24, 40)])),
+    # causal 4x: 161 frames are 41 latent frames, windows of 21, overlap 20 frames -> 5 latent frames
+    ((161, 81, 20, CAUSAL4), ([(0, 81), (64, 145), (80, 161)], [(0, 21), (16, 37), (20, 41)])),
+    # 2x without a causal frame: 8 latent frames, windows of 4, an overlap of 2 frames is 1 latent frame
+    ((16, 8, 2, LatentLayout(temporal=2)), ([(0, 8), (6, 14), (8, 16)], [(0, 4), (3, 7), (4, 8)])),
+]
+
+
+@pytest.mark.parametrize("args, spans", LATENT_PLANS, ids=[str(a[:3]) for a, _ in LATENT_PLANS])
+def test_chunks_are_planned_in_latent_frames(args, spans):
+    chunks = plan_chunks(*args)
+    assert ([(c.start, c.end) for c in chunks], [(c.latent_start, c.latent_end) for c in chunks]) == spans
+    layout = args[3]
+    assert all(layout.valid_frames(c.frames) for c in chunks)
+    assert [c.in_latents() for c in chunks] == [Chunk(c.index, c.latent_start, c.latent_end) for c in chunks]
 
 
 @pytest.mark.parametrize("overlap", [16, 20, -1])

@@ -271,7 +271,7 @@ def test_without_a_row_timeout_a_task_may_execute_for_ever():
             message="write_failed: /out/v.mp4: No space left on device"), ERROR, True),
     (Report(death=HELPER_DIED, message="worker_crashed: the encode worker died"), CRASHED, False),
 ])
-def test_what_a_task_reports_becomes_the_schedulers_status(report, status, write_failed):
+def test_what_a_task_reports_becomes_the_dispatchers_status(report, status, write_failed):
     world = World()
     world.submit("a")
     world.completes("a", report)

@@ -33,8 +33,10 @@ class Family(ABC):
 
     name: str
     pipeline_class: str
-    inputs: tuple[str, ...]  # what a row may give: of "prompt", "image", "video"
-    window: int  # frames one pipeline call renders natively
+    # what a row may give: of "prompt", "image", "video"
+    inputs: tuple[str, ...]
+    # frames one pipeline call renders natively
+    window: int
     defaults: Defaults
     tiny_defaults: Defaults
     # the pipeline call's own keyword arguments a row may set in `params`, under diffusers' names
@@ -45,13 +47,17 @@ class Family(ABC):
     column_aliases: Mapping[str, str] = field(default_factory=dict)
     schedulers: tuple[str, ...] = ()
     checkpoints: tuple[str, ...] = ()
-    required: tuple[str, ...] = ()  # what a row must give; default: every input
+    # what a row must give; default: every input
+    required: tuple[str, ...] = ()
     # other pipeline classes whose checkpoints this family loads when named as FAMILY:LOCATION
     compatible_classes: tuple[str, ...] = ()
     memory_options: tuple[str, ...] = ("vae_slicing", "vae_tiling", "forward_chunking", "vae_float32")
-    decode_chunk_default: int | None = None  # the pipeline's default decode_chunk_size; None: all frames at once
-    step_cache: bool = False  # rows may ask for the denoiser's step cache (see step_cache.py)
-    chunk_modes: tuple[str, ...] = (ANCHORED,)  # how a long row's chunks are tied together; the first is the default
+    # the pipeline's default decode_chunk_size; None: all frames at once
+    decode_chunk_default: int | None = None
+    # rows may ask for the denoiser's step cache (see step_cache.py)
+    step_cache: bool = False
+    # how a long row's chunks are tied together; the first is the default
+    chunk_modes: tuple[str, ...] = (ANCHORED,)
     # how the family's latents hold a video: their frame axis, temporal compression, spatial factor
     layout: LatentLayout = FRAME_LAYOUT
     # how its pipeline's encode_prompt is called (see prompts.py); None: chunks pass the prompt, not embeddings
@@ -79,7 +85,8 @@ class Family(ABC):
         recovered = {k: v for k, v in request.options.items() if k in self.arguments}
         return {**request.arguments, **recovered}
 
-    def check_request(self, request) -> None:  # noqa: B027 (a hook: most families have no such rule)
+    # a hook: most families have no such rule
+    def check_request(self, request) -> None:  # noqa: B027
         """Rules that tie several fields together, checked on the driver (and by `render validate`):
         raise RowRejected naming the column. Single values are checked by their Param already."""
 
@@ -108,7 +115,8 @@ class Family(ABC):
 
         with seeded_build(device):
             parts = self.components(size)
-        for part in parts.values():  # inference mode, as from_pretrained leaves a loaded checkpoint
+        # inference mode, as from_pretrained leaves a loaded checkpoint
+        for part in parts.values():
             if isinstance(part, torch.nn.Module):
                 part.eval()
         return place(getattr(diffusers, self.pipeline_class)(**parts), device, dtype)

@@ -27,7 +27,8 @@ class Param:
     choices: tuple = ()
     minimum: float | None = None
     maximum: float | None = None
-    fields: Mapping[str, Param] | None = None  # for kind dict: the allowed keys, all optional
+    # for kind dict: the allowed keys, all optional
+    fields: Mapping[str, Param] | None = None
 
     def check(self, key: str, value: Any) -> Any:
         column = f"params.{key}"
@@ -46,9 +47,11 @@ class Param:
         return value
 
     def _check_fields(self, key: str, value: Any) -> dict:
-        if value is True:  # {"free_init": true}: the pipeline's own defaults
+        # {"free_init": true}: the pipeline's own defaults
+        if value is True:
             return {}
-        if value is False:  # {"free_init": false}: off, as when absent
+        # {"free_init": false}: off, as when absent
+        if value is False:
             return None
         if not isinstance(value, dict):
             raise RowRejected(f"params.{key}", value, "must be true or an object of " + ", ".join(self.fields))
@@ -60,7 +63,8 @@ class Param:
 
 
 FREE_INIT = Param(dict, "FreeInit: re-initialise low frequencies over num_iters denoising passes (true or options)",
-                  fields={  # enable_free_init's arguments; diffusers implements only these three filters
+                  # enable_free_init's arguments; diffusers implements only these three filters
+                  fields={
                       "method": Param(str, "low-pass filter", choices=("butterworth", "gaussian", "ideal")),
                       "num_iters": Param(int, "rounds (each one is a full denoising pass)", minimum=1, maximum=10),
                       "use_fast_sampling": Param(bool, "coarse-to-fine: fewer steps in the early rounds"),
@@ -70,7 +74,8 @@ FREE_INIT = Param(dict, "FreeInit: re-initialise low frequencies over num_iters 
                   })
 
 
-MEMORY_PARAMS = {  # renderer options: they change memory use and speed, not the pipeline's arguments
+# renderer options: they change memory use and speed, not the pipeline's arguments
+MEMORY_PARAMS = {
     "vae_slicing": Param(bool, "decode the VAE one frame/image at a time"),
     "vae_tiling": Param(bool, "decode the VAE in tiles (large frames)"),
     "forward_chunking": Param(int, "run the UNet's feed-forward layers in chunks of this size", minimum=1),

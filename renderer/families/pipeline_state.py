@@ -25,7 +25,8 @@ def set_vae_float32(vae, dtype, on: bool) -> None:
     import torch
 
     target = torch.float32 if on else dtype
-    if vae.dtype != target:  # moving is not free, and diffusers warns on every move
+    # moving is not free, and diffusers warns on every move
+    if vae.dtype != target:
         vae.to(target)
     hooks = vae.__dict__.setdefault("_render_float32_hooks", [])
     if on and not hooks:

@@ -45,7 +45,8 @@ def due(point: str, row_id: str) -> str | None:
             continue
         if "times" in fault and len(fired(point, row_id, fault["fault"])) >= fault["times"]:
             continue
-        with open(os.environ["RENDER_FAULTS_LOG"], "a") as log:  # one short append: atomic across processes
+        # one short append: atomic across processes
+        with open(os.environ["RENDER_FAULTS_LOG"], "a") as log:
             log.write(json.dumps({"point": point, "id": row_id, "fault": fault["fault"], "pid": os.getpid(),
                                   "time": time.time()}) + "\n")
         return fault["fault"]
@@ -77,7 +78,8 @@ def strike(point: str, row_id: str, value, done: float):
 def at_render(row_id: str) -> None:
     """Before a row's (or chunk's) pipeline call in the actor."""
     fault = due("render", row_id)
-    if fault == "kill":  # a moment into the row, as a crash inside the denoising loop would come
+    # a moment into the row, as a crash inside the denoising loop would come
+    if fault == "kill":
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     elif fault == "hang":
