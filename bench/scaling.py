@@ -52,7 +52,7 @@ def fixed_time_actor(step_seconds: float, log_path: str):
 
     @ray.remote
     class FixedTimeActor:
-        def __init__(self, model: str, device: str, threads: int, load_options: dict):
+        def __init__(self, model: str, device: str, threads: int, load_options):
             # a RenderActor has imported it loading its model, so its first request unpickles at once
             importlib.import_module("renderer.request")
             self.name = f"{socket.gethostname()}:{os.getpid()}"
