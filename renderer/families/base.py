@@ -197,13 +197,17 @@ class Family(ABC):
         import numpy as np
         import torch
 
-        step = self.call_arguments(request).get("decode_chunk_size", request.plan[0].in_latents().frames)
+        step = self.decode_window(request, len(latents))
         for start in range(0, len(latents), step):
             piece = torch.from_numpy(np.moveaxis(latents[start:start + step], 0, self.layout.frame_axis))
             piece = piece.unsqueeze(0).to(pipeline._execution_device, pipeline.vae.dtype)
             with torch.no_grad():
                 video = self.decode_latents(pipeline, piece)
             yield pipeline.video_processor.postprocess_video(video=video, output_type="pt")[0]
+
+    def decode_window(self, request, latent_frames: int) -> int:
+        """Latent frames decoded at once: the row's decode_chunk_size, else a chunk's worth."""
+        return self.call_arguments(request).get("decode_chunk_size", request.plan[0].in_latents().frames)
 
     def decode_latents(self, pipeline, latents):
         """The pipeline's own decode of one batch of latents, as its call does it after the last step."""

@@ -12,6 +12,7 @@ from .image_text import I2VGEN_XL, PIA_FAMILY
 from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
+from .wan import WAN
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     ANIMATEDIFF,
@@ -25,4 +26,5 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     T2V_ZERO_SDXL,
     ZEROSCOPE,
     MODELSCOPE,
+    WAN,
 )}

@@ -1,0 +1,76 @@
+"""Wan 2.1 text-to-video: WanPipeline, a diffusion transformer over a causal 3D VAE and a UMT5 text encoder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..chunks import LatentLayout
+from .base import Defaults, Family
+from .components import scheduler, t5_tokenizer, umt5_encoder
+from .params import Param
+from .prompts import t5_prompt_embeds
+
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+WAN_1_3B = dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096)
+# diffusers' test transformer
+WAN_TINY = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, text_dim=32,
+                rope_max_seq_len=32)
+# the published VAE's per-channel latent statistics are part of its config; the tiny VAE keeps diffusers' defaults
+WAN_VAE_TINY = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                    temperal_downsample=[False, True, True])
+
+
+@dataclass(frozen=True)
+class Wan(Family):
+    def components(self, size):
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+        tokenizer = t5_tokenizer()
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), in_channels=16, out_channels=16, freq_dim=256, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", **(WAN_TINY if size == "tiny" else WAN_1_3B))
+        vae = AutoencoderKLWan(**WAN_VAE_TINY) if size == "tiny" else AutoencoderKLWan()
+        # the published scheduler: UniPC on flow-matching sigmas, shifted 3.0 for 480p
+        unipc = scheduler("UniPCMultistepScheduler", prediction_type="flow_prediction", use_flow_sigmas=True,
+                          flow_shift=3.0)
+        return dict(tokenizer=tokenizer, text_encoder=umt5_encoder(size, tokenizer), transformer=transformer,
+                    vae=vae, scheduler=unipc)
+
+    def pipeline_kwargs(self, request, image, video):
+        return dict(prompt=request.prompt, negative_prompt=request.negative_prompt, height=request.height,
+                    width=request.width, num_frames=request.num_frames,
+                    num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+                    **self.call_arguments(request))
+
+    def latent_frame_shape(self, pipeline, request):
+        scale = pipeline.vae_scale_factor_spatial
+        return pipeline.vae.config.z_dim, request.height // scale, request.width // scale
+
+    def decode_window(self, request, latent_frames):
+        # the VAE is causal in time: a window decoded alone would start with a lone frame, so a stitched row is
+        # decoded whole, as the pipeline decodes one call's latents
+        return latent_frames
+
+    def decode_latents(self, pipeline, latents):
+        # the pipeline's own decode after its last step: latents leave its loop normalised per channel
+        import torch
+
+        config = pipeline.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(latents)
+        std = torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(latents)
+        return pipeline.vae.decode(latents * std + mean, return_dict=False)[0]
+
+
+ARGUMENTS = {
+    "max_sequence_length": Param(int, "UMT5 tokens read from the prompt (longer prompts are cut)", minimum=1,
+                                 maximum=512),
+}
+
+WAN = Wan(
+    name="wan", pipeline_class="WanPipeline", inputs=("prompt",), window=81,
+    defaults=Defaults(num_frames=81, height=480, width=832, num_inference_steps=50, fps=16, guidance_scale=5.0),
+    tiny_defaults=Defaults(num_frames=9, height=32, width=32, num_inference_steps=4, fps=16, guidance_scale=5.0),
+    arguments=ARGUMENTS, checkpoints=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
+    # (C, F, H, W) latents: frame 0 alone, then 4 frames per latent frame; an 8x VAE under 2x2 patches
+    layout=LatentLayout(frame_axis=1, temporal=4, causal_first=True, spatial=8, patch=2),
+    prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"),
+)

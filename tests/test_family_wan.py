@@ -1,0 +1,90 @@
+"""Wan 2.1 text-to-video (tiny-wan): parity with the plain WanPipeline call, its frame and size rules, long rows
+planned in latent frames and stitched as latents, a saved checkpoint loaded back, and a row through `render run`."""
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+import renderer
+from conftest import plain_uint8, write_table
+from invariants import check_invariants
+from renderer.errors import RowRejected
+from renderer.request import to_request
+from renderer.run import RunConfig, run
+
+ROW = {"id": "a", "prompt": "a red kite over a beach", "negative_prompt": "blurry", "seed": 3, "num_frames": 9,
+       "num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return renderer.load("tiny-wan")
+
+
+def plain(model, **extra):
+    call = dict(prompt=ROW["prompt"], negative_prompt="blurry", num_frames=9, height=32, width=32,
+                num_inference_steps=2, guidance_scale=5.0)
+    frames = model.pipeline(**{**call, **extra}, generator=torch.Generator("cpu").manual_seed(3),
+                            output_type="np").frames[0]
+    return plain_uint8(frames)
+
+
+def test_a_row_equals_the_plain_diffusers_call(model):
+    assert np.array_equal(model.render(ROW), plain(model))
+    shorter = model.render({**ROW, "params": '{"max_sequence_length": 16}'})
+    assert np.array_equal(shorter, plain(model, max_sequence_length=16))
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("num_frames", 80, "num_frames=80: must be 4k+1 (5, 9, ...) for family 'wan'"),
+    ("height", 40, "height=40: must be divisible by 16"),
+    ("params", '{"max_sequence_length": 0}', "params.max_sequence_length=0: must be >= 1"),
+    ("params", '{"guidance_scale_2": 3}', "params.guidance_scale_2=3: not a parameter of family 'wan'"),
+])
+def test_counts_and_sizes_wan_cannot_render_are_rejected_naming_the_rule(column, value, message):
+    with pytest.raises(RowRejected) as caught:
+        to_request({**ROW, column: value}, default_model="tiny-wan")
+    assert str(caught.value).startswith(message)
+
+
+def test_a_long_row_is_planned_in_latent_frames_and_stitched_as_latents(model, monkeypatch):
+    request = to_request({**ROW, "num_frames": 97}, default_model="tiny-wan")
+    # 97 frames are 25 latent frames; windows of 81 frames are 21 latent frames, overlapping by 5
+    assert [(c.start, c.end, c.latent_start, c.latent_end) for c in request.plan] == [(0, 81, 0, 21),
+                                                                                      (16, 97, 4, 25)]
+    calls, pipeline_call = [], type(model.pipeline).__call__
+
+    # wraps: the prompt encoder reads the call's defaults from its signature
+    @functools.wraps(pipeline_call)
+    def recorded(self, **kwargs):
+        calls.append(kwargs)
+        return pipeline_call(self, **kwargs)
+    monkeypatch.setattr(type(model.pipeline), "__call__", recorded)
+    frames = model.render(request)
+    assert frames.shape == (97, 32, 32, 3)
+    first, second = (call["latents"] for call in calls)
+    # (batch, channels, latent frames, h, w); the 17 latent frames the chunks share start from the same noise
+    assert first.shape == second.shape == (1, 16, 21, 4, 4)
+    assert torch.equal(first[:, :, 4:], second[:, :, :17])
+    assert all(call["output_type"] == "latent" for call in calls)
+
+
+def test_a_saved_wan_checkpoint_loads_by_its_pipeline_class_and_renders_the_same(model, tmp_path):
+    model.pipeline.save_pretrained(tmp_path / "wan")
+    loaded = renderer.load(str(tmp_path / "wan"))
+    assert loaded.spec.family.name == "wan" and loaded.spec.source == "checkpoint"
+    assert np.array_equal(loaded.render({**ROW, "height": 32, "width": 32}), model.render(ROW))
+
+
+def test_a_long_wan_row_renders_through_render_run(ray_session, tmp_path):
+    rows = [dict(id="kite", prompt="a red kite over a beach", num_frames=97, num_inference_steps=2),
+            dict(id="short", prompt="a lighthouse", num_inference_steps=2)]
+    out = tmp_path / "out"
+    summary = run(RunConfig(tables=(str(write_table(tmp_path / "t.parquet", rows)),), out=out, model="tiny-wan",
+                            actors=2, threads_per_actor=1))
+    records = check_invariants(out, ["kite", "short"], summary.exit_code)
+    assert summary.counts == {"ok": 2}
+    kite = records["kite"]
+    assert (kite["num_frames"], kite["chunks"], kite["chunk_mode"]) == (97, 2, "anchored")
+    assert all(np.isfinite(kite["seams"])) and records["short"]["num_frames"] == 9
