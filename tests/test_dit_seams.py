@@ -1,5 +1,5 @@
 """The seams hold for a diffusion transformer: a tiny diffusers WanPipeline (Wan 2.1 T2V, and Wan 2.2's pair of
-experts), built offline as the Wan family will build it. The denoiser seam finds its transformers and applies
+experts), built offline by the wan family. The denoiser seam finds its transformers and applies
 dtype, compile and attention settings; the planner and the noise bank lay a 4x-compressed long row out in latent
 frames as the pipeline itself does; a row's prompt is encoded once and its embeddings render the plain frames."""
 from __future__ import annotations
@@ -12,48 +12,28 @@ import pytest
 import torch
 
 from renderer import denoiser
-from renderer.chunks import LatentLayout, plan_chunks
-from renderer.families.base import Defaults, Family
+from renderer.chunks import plan_chunks
 from renderer.families.components import seeded_build, t5_tokenizer, umt5_encoder
 from renderer.families.prompts import prompt_embeds_once, t5_prompt_embeds
+from renderer.families.wan import WAN
 from renderer.options import LoadOptions
 
-# Wan's latents, as the Wan family will declare them: (C, F, H, W) per video, the first video frame alone in latent
-# frame 0 and 4 video frames in each later one, an 8x VAE and 2x2 patches (sizes are multiples of 16)
-WAN_LAYOUT = LatentLayout(frame_axis=1, temporal=4, causal_first=True, spatial=8, patch=2)
 CALL = dict(prompt="a red kite", num_frames=9, height=32, width=32, num_inference_steps=2, output_type="np")
 # the denoisers each pipeline has: Wan 2.1 one transformer, Wan 2.2 A14B a high-noise and a low-noise expert
 EXPERTS = {1: ("transformer",), 2: ("transformer", "transformer_2")}
 
 
-def wan_transformer():
-    from diffusers import WanTransformer3DModel
-
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                                 out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
-                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-
-
 def wan(experts: int):
-    """Diffusers' tiny Wan 2.1 T2V pipeline, or (experts=2) Wan 2.2 A14B's layout: a second transformer of the same
-    config (with its own weights) takes over below timestep 875. Seeded: every build has the same weights."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+    """The tiny-wan preset's pipeline (Wan 2.1 T2V), or (experts=2) Wan 2.2 A14B's layout: a second transformer of
+    the same config (with its own weights) takes over below timestep 875. Seeded: every build has the same weights."""
+    from diffusers import WanPipeline, WanTransformer3DModel
 
-    with seeded_build("cpu"):
-        tokenizer = t5_tokenizer()
-        parts = dict(tokenizer=tokenizer, text_encoder=umt5_encoder("tiny", tokenizer), transformer=wan_transformer(),
-                     vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                          temperal_downsample=[False, True, True]))
-        if experts == 1:
-            parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=7.0)
-        else:
-            parts.update(transformer_2=wan_transformer(), boundary_ratio=0.875, scheduler=UniPCMultistepScheduler(
-                prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0))
-    # inference mode, as Family.build leaves its parts
-    for part in parts.values():
-        if isinstance(part, torch.nn.Module):
-            part.eval()
-    return WanPipeline(**parts)
+    pipeline = WAN.build("tiny", "cpu", torch.float32)
+    if experts == 1:
+        return pipeline
+    with seeded_build("cpu", seed=1):
+        second = WanTransformer3DModel.from_config(pipeline.transformer.config).eval()
+    return WanPipeline(**{**pipeline.components, "transformer_2": second}, boundary_ratio=0.875)
 
 
 @pytest.fixture(scope="module")
@@ -126,27 +106,19 @@ PLANS = [
 
 @pytest.mark.parametrize("args, latents, videos", PLANS, ids=[str(args) for args, *_ in PLANS])
 def test_a_long_row_is_planned_in_latent_frames_and_each_chunk_is_a_valid_video(args, latents, videos):
-    chunks = plan_chunks(*args, WAN_LAYOUT)
+    chunks = plan_chunks(*args, WAN.layout)
     assert [(c.latent_start, c.latent_end) for c in chunks] == latents
     assert [(c.start, c.end) for c in chunks] == videos
     for chunk in chunks:
-        assert WAN_LAYOUT.valid_frames(chunk.frames)
-        assert WAN_LAYOUT.latent_frames(chunk.frames) == chunk.latent_end - chunk.latent_start
-
-
-class WanStandIn(Family):
-    """What of a Wan family the noise bank reads: its layout (the family itself comes with a later change)."""
-
-    components = pipeline_kwargs = None
+        assert WAN.layout.valid_frames(chunk.frames)
+        assert WAN.layout.latent_frames(chunk.frames) == chunk.latent_end - chunk.latent_start
 
 
 def test_the_noise_bank_lays_chunks_out_as_the_pipeline_does_and_shared_latent_frames_start_alike(pipelines):
     pipeline = pipelines[1]
-    defaults = Defaults(num_frames=81, height=480, width=832, num_inference_steps=50, fps=16, guidance_scale=5.0)
-    family = WanStandIn("wan", "WanPipeline", ("prompt",), 81, defaults, defaults, layout=WAN_LAYOUT)
     row = SimpleNamespace(seed=11, height=32, width=32)
-    chunks = plan_chunks(33, 17, 4, WAN_LAYOUT)
-    noise = [family.chunk_noise(pipeline, row, chunk) for chunk in chunks]
+    chunks = plan_chunks(33, 17, 4, WAN.layout)
+    noise = [WAN.chunk_noise(pipeline, row, chunk) for chunk in chunks]
     for chunk, latents in zip(chunks, noise, strict=True):
         # the pipeline's own initial latents for the chunk, as its call draws them
         own = pipeline.prepare_latents(1, pipeline.transformer.config.in_channels, 32, 32, chunk.frames,
@@ -157,7 +129,7 @@ def test_the_noise_bank_lays_chunks_out_as_the_pipeline_does_and_shared_latent_f
     # the pipeline starts from a chunk's noise and renders its frames; its latents hold frames on the layout's axis
     assert render(pipeline, num_frames=chunks[1].frames, latents=noise[1]).shape == (1, 17, 32, 32, 3)
     latents = render(pipeline, num_frames=chunks[1].frames, latents=noise[1], output_type="latent")[0]
-    assert latents.shape[WAN_LAYOUT.frame_axis] == chunks[1].latent_end - chunks[1].latent_start
+    assert latents.shape[WAN.layout.frame_axis] == chunks[1].latent_end - chunks[1].latent_start
 
 
 # frames a row asks for -> frames WanPipeline renders (it moves them to n // 4 * 4 + 1, with only a warning)
@@ -165,11 +137,11 @@ RENDERED = {10: 9, 12: 13, 13: 13}
 
 
 def test_the_layout_refuses_the_frame_counts_and_sizes_the_pipeline_would_change_or_reject(pipelines):
-    assert WAN_LAYOUT.frame_rule() == "4k+1 (5, 9, ...)"
+    assert WAN.layout.frame_rule() == "4k+1 (5, 9, ...)"
     for asked, rendered in RENDERED.items():
         assert render(pipelines[1], num_frames=asked).shape[1] == rendered
-        assert WAN_LAYOUT.valid_frames(asked) == (rendered == asked)
-    assert WAN_LAYOUT.size_multiple == 16
+        assert WAN.layout.valid_frames(asked) == (rendered == asked)
+    assert WAN.layout.size_multiple == 16
     with pytest.raises(ValueError, match="divisible by 16"):
         render(pipelines[1], height=40)
 

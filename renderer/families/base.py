@@ -184,12 +184,10 @@ class Family(ABC):
 
     def latent_frame_shape(self, pipeline, request) -> tuple[int, int, int]:
         """(channels, height, width) of one latent frame of the row, from the loaded VAE (a tiny preset's VAE
-        scales less than the published one). Pipelines whose VAE also compresses time (Wan, CogVideoX, HunyuanVideo)
-        name its spatial factor `vae_scale_factor_spatial`; Wan's VAE names its channels `z_dim`."""
-        scale = getattr(pipeline, "vae_scale_factor_spatial", None) or pipeline.vae_scale_factor
-        config = pipeline.vae.config
-        channels = config.latent_channels if "latent_channels" in config else config.z_dim
-        return channels, request.height // scale, request.width // scale
+        scales less than the published one), as Stable Diffusion's pipelines name them; a family whose pipeline
+        names them otherwise (Wan's `vae_scale_factor_spatial`, `z_dim`) says so."""
+        scale = pipeline.vae_scale_factor
+        return pipeline.vae.config.latent_channels, request.height // scale, request.width // scale
 
     def decode(self, pipeline, request, latents):
         """Stitched latents (frames first) to float frames (a tensor (f, 3, H, W)), yielded a window of frames at
