@@ -7,7 +7,7 @@ of a full step and one of a reusing step, on the meta device (shapes only: no we
 two branches side by side:
 - block: the deep blocks are reused, the whole first down block and last up block run (this project's step
   cache before it took DeepCache's shallowest branch);
-- shallowest: DeepCache's default branch, what `params.step_cache` runs now (renderer/families/step_cache.py).
+- shallowest: DeepCache's default branch, what `params.step_cache` runs now (renderer/step_cache.py).
 
 It prints a table and writes JSON: TFLOP per full and reusing step, their ratio, and the UNet FLOPs of a
 25-step video at intervals 2-5 as a share of the uncached video's. FLOPs are not time: the shallow layers
