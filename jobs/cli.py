@@ -60,7 +60,11 @@ RUN_OPTIONS = (
                  help="torch.compile the denoiser; each actor compiles the model's default shape before "
                       "its first row, other shapes on first use."),
     click.option("--dtype", type=click.Choice(["float16", "bfloat16"]),
-                 help="Weights and activations on CUDA [default: float16]; the CPU always runs float32."),
+                 help="Weights and activations on CUDA [default: the family's: bfloat16 for diffusion "
+                      "transformers, float16 for the others]; the CPU always runs float32."),
+    click.option("--attention", "attention", metavar="BACKEND",
+                 help="diffusers' attention backend for the denoiser, e.g. native, flash, _native_cudnn, sage "
+                      "(installed kernels only; a CPU has native) [default: the model's]."),
     click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
                  help="Most frames a row may ask for; rows longer than the model's window render as chunks."),
     click.option("--allow-pickle", is_flag=True,
@@ -74,8 +78,8 @@ RUN_OPTIONS = (
                       "row, model loading excluded [default: no limit]."),
 )
 RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "threads_per_actor", "device", "seed", "max_attempts",
-                    "no_resume", "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "allow_pickle",
-                    "row_timeout")
+                    "no_resume", "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "attention",
+                    "allow_pickle", "row_timeout")
 
 
 def run_options(command):
@@ -98,7 +102,7 @@ def _out_location(ctx, param, value: str) -> str:
                                 "default: start an embedded local Ray.")
 @run_options
 def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, device, seed, max_attempts,
-        no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, allow_pickle, row_timeout):
+        no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, attention, allow_pickle, row_timeout):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -121,7 +125,8 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
     from renderer.options import LoadOptions
     from renderer.run import RunConfig, check_rows, run as run_all
 
-    load = LoadOptions(cpu_offload=cpu_offload, compile=compile_, dtype=dtype, allow_pickle=allow_pickle)
+    load = LoadOptions(cpu_offload=cpu_offload, compile=compile_, dtype=dtype, allow_pickle=allow_pickle,
+                       attention_backend=attention)
     config = RunConfig(tables=tables, out=out, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
                        threads_per_actor=threads_per_actor, device=device, seed=seed, max_attempts=max_attempts,
                        resume=not no_resume, ignore_extra=ignore_extra, max_frames=max_frames,

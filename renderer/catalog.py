@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import RowRejected
 from .families.base import Defaults, Family
-from .families.registry import FAMILIES
+from .families.registry import FAMILIES, PRESETS
 
 PRESET_SIZES = ("tiny", "random")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -36,15 +36,15 @@ class ModelSpec:
 
 
 def preset_names() -> list[str]:
-    return [f"{size}-{family}" for family in FAMILIES for size in PRESET_SIZES]
+    return [f"{size}-{preset}" for preset in PRESETS for size in PRESET_SIZES]
 
 
 @functools.lru_cache(maxsize=256)
 def resolve_model(name: str) -> ModelSpec:
     """Map a model name to its spec; raise RowRejected (column `model`) when it cannot be used."""
-    size, _, family_name = name.partition("-")
-    if size in PRESET_SIZES and family_name in FAMILIES:
-        family = FAMILIES[family_name]
+    size, _, preset = name.partition("-")
+    if size in PRESET_SIZES and preset in PRESETS:
+        family = PRESETS[preset]
         defaults = family.tiny_defaults if size == "tiny" else family.defaults
         return ModelSpec(name, family, size, family.window, defaults)
     family_name, sep, location = name.partition(":")
@@ -67,14 +67,15 @@ def _checkpoint_spec(name: str, location: str, family: Family | None) -> ModelSp
     _refuse_custom_code(name, index)
     class_name = index.get("_class_name")
     if family is None:
-        family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
+        family = next((f for f in FAMILIES.values() if f.claims(index)), None)
         if family is None:
-            supported = sorted({f.pipeline_class for f in FAMILIES.values()})
+            supported = sorted({f.pipeline_class for f in PRESETS.values()})
             raise RowRejected("model", name, f"pipeline {class_name!r} is not supported (supported: "
                               f"{', '.join(supported)}; name a family explicitly as FAMILY:LOCATION)")
     elif class_name not in (family.pipeline_class, *family.compatible_classes):
         loadable = ", ".join((family.pipeline_class, *family.compatible_classes))
         raise RowRejected("model", name, f"family {family.name!r} cannot load a {class_name} checkpoint ({loadable})")
+    family = family.for_checkpoint(index, read_config)
     window = family.window_from_checkpoint(read_config)
     defaults = Defaults(**{**family.defaults.__dict__, "num_frames": window})
     return ModelSpec(name, family, "checkpoint", window, defaults, location=location)

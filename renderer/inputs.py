@@ -43,19 +43,20 @@ def input_ref(column: str, value, table_dir: str | Path, allow_bytes: bool) -> s
     return location
 
 
-def check_image(ref: str | bytes) -> None:
+def check_image(ref: str | bytes, column: str = "image") -> None:
     """A cheap integrity check for the driver: the header, the pixel count and the structure (PNG chunk
-    checksums), no full decode. A JPEG cut short passes here and is rejected when the actor decodes it."""
-    with _opened_image(ref) as img:
+    checksums), no full decode. A JPEG cut short passes here and is rejected when the actor decodes it.
+    Errors name `column` (`image` or `last_image`)."""
+    with _opened_image(ref, column) as img:
         img.verify()
 
 
-def load_image(ref: str | bytes):
+def load_image(ref: str | bytes, column: str = "image"):
     """Decode to 8-bit RGB as a viewer shows the image: the EXIF orientation applied, 16-bit greyscale scaled
     to 8 bits (PIL's own conversion clips it), transparency flattened onto white, CMYK and palettes converted."""
     from PIL import ImageOps
 
-    with _opened_image(ref) as img:
+    with _opened_image(ref, column) as img:
         return _to_rgb(ImageOps.exif_transpose(img))
 
 
@@ -95,7 +96,7 @@ def input_identity(ref: str | bytes) -> str:
 
 
 @contextlib.contextmanager
-def _opened_image(ref: str | bytes):
+def _opened_image(ref: str | bytes, column: str):
     """The image at `ref`, opened (header only) and within MAX_IMAGE_PIXELS; any failure to read it, here or
     in the block, is a RowRejected naming the value."""
     from PIL import Image
@@ -104,7 +105,7 @@ def _opened_image(ref: str | bytes):
         # read whole (PIL decodes or verifies all of it anyway): one request to an object store, not many ranges
         data = ref if isinstance(ref, bytes) else storage.read_bytes(ref)
         if not data:
-            raise RowRejected("image", ref, "not a readable image (empty)")
+            raise RowRejected(column, ref, "not a readable image (empty)")
         with warnings.catch_warnings():
             # the limit checked below is lower
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -112,31 +113,31 @@ def _opened_image(ref: str | bytes):
     except Image.DecompressionBombError as exc:
         # far past PIL's own limit: it refuses before telling the size
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        raise _too_large(ref, found.group(1) if found else "too many") from None
+        raise _too_large(column, ref, found.group(1) if found else "too many") from None
     except RowRejected:
         raise
     except Exception as exc:
-        raise _unreadable(ref, exc) from None
+        raise _unreadable(column, ref, exc) from None
     with img:
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise _too_large(ref, f"{img.width}x{img.height} = {img.width * img.height}")
+            raise _too_large(column, ref, f"{img.width}x{img.height} = {img.width * img.height}")
         try:
             yield img
         except Exception as exc:
-            raise _unreadable(ref, exc) from None
+            raise _unreadable(column, ref, exc) from None
 
 
-def _too_large(ref: str | bytes, pixels: str) -> RowRejected:
-    return RowRejected("image", ref, f"{pixels} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels (8192x8192); "
+def _too_large(column: str, ref: str | bytes, pixels: str) -> RowRejected:
+    return RowRejected(column, ref, f"{pixels} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels (8192x8192); "
                        "refused before decoding (a possible decompression bomb)")
 
 
-def _unreadable(ref: str | bytes, exc: Exception) -> RowRejected:
+def _unreadable(column: str, ref: str | bytes, exc: Exception) -> RowRejected:
     from PIL import UnidentifiedImageError
 
     # PIL's own message for an unknown format names a BytesIO object, not the input
     detail = "no image format recognised" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
-    return RowRejected("image", ref, f"not a readable image ({detail})")
+    return RowRejected(column, ref, f"not a readable image ({detail})")
 
 
 def _to_rgb(img):

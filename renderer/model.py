@@ -253,13 +253,14 @@ def refuse_pickle_weights(location: str) -> None:
 
 
 def load(model: str, device: str = "cpu", options: LoadOptions | None = None) -> Model:
-    """Load a preset, a local folder or a hub id onto `device` (float16 on CUDA, float32 on the CPU), as
+    """Load a preset, a local folder or a hub id onto `device` (the family's half precision on CUDA, float32 on
+    the CPU), as
     `options` say (see LoadOptions: CPU offload, compilation, the CUDA dtype, pickle weights, attention)."""
     import torch
 
     options = options or LoadOptions()
     spec = resolve_model(model)
-    dtype = getattr(torch, options.dtype or "float16") if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, options.dtype or spec.family.cuda_dtype) if device.startswith("cuda") else torch.float32
     build_on = "cpu" if options.cpu_offload else device
     if spec.source == "checkpoint":
         import diffusers

@@ -17,7 +17,7 @@ class LoadOptions:
     cpu_offload: bool = False
     # torch.compile the denoiser (slow first call per shape, faster after)
     compile: bool = False
-    # CUDA weights and activations: "float16" (None) or "bfloat16"; the CPU always runs float32
+    # CUDA weights and activations: "float16" or "bfloat16" (None: the family's); the CPU always runs float32
     dtype: str | None = None
     # let a checkpoint without safetensors load pickle weights (.bin): unpickling can run code
     allow_pickle: bool = False

@@ -18,7 +18,7 @@ from .errors import RowRejected
 from .inputs import check_image, check_video, input_identity, input_ref
 from .paths import video_relpath
 
-COLUMNS = ("id", "prompt", "negative_prompt", "image", "video", "model", "num_frames", "height", "width",
+COLUMNS = ("id", "prompt", "negative_prompt", "image", "last_image", "video", "model", "num_frames", "height", "width",
            "num_inference_steps", "fps", "guidance_scale", "seed", "params")
 INT_COLUMNS = ("num_frames", "height", "width", "num_inference_steps", "fps")
 # pipeline arguments the renderer owns; a row can never set them through `params`
@@ -45,6 +45,8 @@ class RenderRequest:
     negative_prompt: str | None = None
     # absolute path, object URI or encoded bytes
     image: str | bytes | None = None
+    # the video's last frame, for first-and-last-frame families; as `image`
+    last_image: str | bytes | None = None
     # absolute path or object URI
     video: str | None = None
     # the row's `params`, checked and held apart: the pipeline call's own keyword arguments, as the row gave them,
@@ -78,8 +80,12 @@ class RenderRequest:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("arguments", "options")}
         data["params"] = self.params
         data["plan"] = [{"index": c.index, "start": c.start, "end": c.end} for c in self.plan]
-        data["image"] = input_identity(self.image) if self.image is not None else None
-        data["video"] = input_identity(self.video) if self.video is not None else None
+        for column in ("image", "last_image", "video"):
+            value = getattr(self, column)
+            data[column] = input_identity(value) if value is not None else None
+        # a column added later stays out of the digest while unset: rows committed before it still resume
+        if self.last_image is None:
+            del data["last_image"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -121,6 +127,7 @@ def to_request(row: dict, *, default_model: str | None, base_seed: int = 0, tabl
         prompt=_text(row, "prompt", spec),
         negative_prompt=_text(row, "negative_prompt", spec),
         image=_conditioning(row, "image", spec, table_dir, checked),
+        last_image=_conditioning(row, "last_image", spec, table_dir, checked),
         video=_conditioning(row, "video", spec, table_dir, checked),
         arguments=arguments,
         options=options,
@@ -234,8 +241,8 @@ def _text(row: dict, column: str, spec: ModelSpec) -> str | None:
 
 
 def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path, checked: set) -> str | bytes | None:
-    """The row's `image` or `video`: required, accepted or refused by the family; checked cheaply here, unless
-    `checked` holds it already."""
+    """The row's `image`, `last_image` or `video`: required, accepted or refused by the family; checked cheaply
+    here, unless `checked` holds it already."""
     value = row.get(column)
     family = spec.family
     if value is None:
@@ -244,12 +251,13 @@ def _conditioning(row: dict, column: str, spec: ModelSpec, table_dir: str | Path
         return None
     if column not in family.inputs:
         raise RowRejected(column, value, f"family {family.name!r} takes no {column}")
-    ref = input_ref(column, value, table_dir, allow_bytes=column == "image")
+    is_image = column != "video"
+    ref = input_ref(column, value, table_dir, allow_bytes=is_image)
     # an image's bytes are not kept in `checked`: hashing them costs what checking does
     if isinstance(ref, bytes):
-        check_image(ref)
+        check_image(ref, column)
     elif (column, ref) not in checked:
-        check_image(ref) if column == "image" else check_video(ref)
+        check_image(ref, column) if is_image else check_video(ref)
         checked.add((column, ref))
     return ref
 

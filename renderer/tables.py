@@ -10,7 +10,7 @@ from .paths import video_relpath
 from .request import COLUMNS
 
 # a column may hold a path string in one table and PNG/JPEG bytes in another: both are the contract's forms
-MIXED_KINDS = {"image"}
+MIXED_KINDS = {"image", "last_image"}
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,8 @@ def test_rows_sharing_an_input_file_read_it_once_and_a_bad_one_rejects_every_row
     reads = []  # every file the checks read, through the real checks
     decode, check_image = renderer.inputs.decode, renderer.request.check_image
     monkeypatch.setattr(renderer.inputs, "decode", lambda path, *a: reads.append(("video", path)) or decode(path, *a))
-    monkeypatch.setattr(renderer.request, "check_image", lambda ref: reads.append(("image", ref)) or check_image(ref))
+    monkeypatch.setattr(renderer.request, "check_image",
+                        lambda ref, column: reads.append((column, ref)) or check_image(ref, column))
     rows = [dict(id=f"clip{i}", model="tiny-controlnet-video", prompt="x", video="clip.mp4") for i in range(4)]
     rows += [dict(id=f"bad{i}", model="tiny-controlnet-video", prompt="x", video="bad.mp4") for i in range(2)]
     rows += [dict(id=f"image{i}", model="tiny-svd", image="cond.png") for i in range(3)]

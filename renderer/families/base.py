@@ -62,10 +62,35 @@ class Family(ABC):
     layout: LatentLayout = FRAME_LAYOUT
     # how its pipeline's encode_prompt is called (see prompts.py); None: chunks pass the prompt, not embeddings
     prompt_encoder: Callable | None = None
+    # the dtype a CUDA device computes in unless the run names one (diffusion transformers are published and
+    # trained in bfloat16, whose range float16 lacks)
+    cuda_dtype: str = "float16"
+    # one of the family's published sizes or layouts (a preset SIZE-FAMILY-VARIANT), made with `with_variant`;
+    # "" for the family's first
+    variant: str = ""
 
     def __post_init__(self):
         if not self.required:
             object.__setattr__(self, "required", self.inputs)
+
+    @property
+    def preset(self) -> str:
+        """The family's part of a preset name: `wan`, or `wan-14b` for a variant."""
+        return f"{self.name}-{self.variant}" if self.variant else self.name
+
+    def with_variant(self, variant: str, **changes) -> Family:
+        """Another published size or layout of the family (its own configs, defaults, window or pipeline class),
+        named as a preset `SIZE-FAMILY-VARIANT`; `components` reads `self.variant`."""
+        return replace(self, variant=variant, **changes)
+
+    def claims(self, index: dict) -> bool:
+        """Whether a checkpoint whose model_index.json is `index` belongs to this family when no family is named
+        (the first family in the registry that claims it loads it)."""
+        return index.get("_class_name") == self.pipeline_class
+
+    def for_checkpoint(self, index: dict, read_config) -> Family:
+        """The variant of the family that a checkpoint is (`read_config(subfolder)` returns a config dict)."""
+        return self
 
     def allowed_params(self) -> dict[str, Param]:
         """Every key a row's `params` may hold: the family's pipeline arguments plus the renderer options it
@@ -96,7 +121,9 @@ class Family(ABC):
 
     def model_defaults(self, request) -> Defaults:
         """The defaults of the model a request names: a tiny preset's, or the published model's."""
-        return self.tiny_defaults if request.model == f"tiny-{self.name}" else self.defaults
+        from ..catalog import resolve_model
+
+        return resolve_model(request.model).defaults
 
     def window_from_checkpoint(self, read_config) -> int:
         """The native window of a real checkpoint; `read_config(subfolder)` returns its config dict."""
@@ -104,16 +131,18 @@ class Family(ABC):
 
     @abstractmethod
     def components(self, size: str) -> dict:
-        """The pipeline's components with random weights: 'tiny' (CPU tests) or 'random' (published architecture)."""
+        """The pipeline's components with random weights: 'tiny' (CPU tests) or 'random' (published architecture),
+        of the family's `variant`."""
 
     def build(self, size: str, device: str, dtype) -> Any:
-        """The pipeline with seeded random weights, built directly on `device` (fast for full-size models)."""
+        """The pipeline with seeded random weights, built directly on `device` in `dtype` (fast for full-size
+        models, and never held in float32 when half precision is asked for)."""
         import diffusers
         import torch
 
         from .components import place, seeded_build
 
-        with seeded_build(device):
+        with seeded_build(device, dtype):
             parts = self.components(size)
         # inference mode, as from_pretrained leaves a loaded checkpoint
         for part in parts.values():
@@ -141,7 +170,12 @@ class Family(ABC):
 
         `overrides` replace call arguments (a chunk's latents, output_type="latent", prompt embeddings)."""
         kwargs = {**self.pipeline_kwargs(request, image, video), "output_type": "pt", **overrides}
-        return pipeline(**kwargs, generator=generator).frames[0]
+        return self.pipeline_for(pipeline, request)(**kwargs, generator=generator).frames[0]
+
+    def pipeline_for(self, pipeline, request):
+        """The pipeline that renders a request: the loaded one, or a sibling class over the same components where
+        the family's rows pick one (text-, image- or keyframe-conditioned)."""
+        return pipeline
 
     # long rows: chunks rendered separately, then stitched (see renderer/chunks.py)
 

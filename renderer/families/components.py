@@ -11,21 +11,38 @@ import contextlib
 
 
 @contextlib.contextmanager
-def seeded_build(device: str, seed: int = 0):
-    """Build modules directly on `device` with reproducible random weights, leaving global RNG alone."""
+def seeded_build(device: str, dtype=None, seed: int = 0):
+    """Build modules directly on `device` in `dtype` with reproducible random weights, leaving global RNG alone.
+
+    Built in the target dtype, a full-size model never exists in float32: two 14B experts and their text encoder
+    fit one 80 GB GPU in bfloat16, and would not while being built in float32 to be cast afterwards."""
     import torch
 
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device(device), default_dtype(dtype or torch.float32):
         torch.manual_seed(seed)
         yield
 
 
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """torch's default floating dtype inside the block (new parameters and buffers get it)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def scheduler(class_name: str, **config):
-    """A diffusers scheduler, always on the CPU (its tables are tiny; the pipeline moves what it needs)."""
+    """A diffusers scheduler, always on the CPU in float32 (its tables are tiny; the pipeline moves what it needs,
+    and its sigmas must not lose precision to a half-precision build)."""
     import diffusers
     import torch
 
-    with torch.device("cpu"):
+    with torch.device("cpu"), default_dtype(torch.float32):
         return getattr(diffusers, class_name)(**config)
 
 

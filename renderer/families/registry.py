@@ -1,7 +1,8 @@
 """Every model family the renderer knows, listed explicitly: a family is one adapter file plus one line here.
 
-The order is the order `render models` lists them in, and the order a checkpoint's pipeline class is matched
-in: where two families load the same class (zeroscope and modelscope), a bare checkpoint resolves to the first.
+The order is the order `render models` lists them in, and the order a checkpoint is matched in (`Family.claims`):
+where two families load the same class (zeroscope and modelscope), a bare checkpoint resolves to the first.
+A family's other published sizes and layouts (`Family.with_variant`) are listed in VARIANTS.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from .image_text import I2VGEN_XL, PIA_FAMILY
 from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
-from .wan import WAN
+from .wan import WAN, WAN_1_3B_PRESET, WAN_14B
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     ANIMATEDIFF,
@@ -28,3 +29,12 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     MODELSCOPE,
     WAN,
 )}
+
+# every family's variants beside its first: presets SIZE-FAMILY-VARIANT
+VARIANTS: tuple[Family, ...] = (
+    WAN_1_3B_PRESET,
+    WAN_14B,
+)
+
+# a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
+PRESETS: dict[str, Family] = {family.preset: family for family in (*FAMILIES.values(), *VARIANTS)}

@@ -9,8 +9,9 @@ from .components import scheduler, t5_tokenizer, umt5_encoder
 from .params import Param
 from .prompts import t5_prompt_embeds
 
-# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers and -14B-Diffusers transformer/config.json
 WAN_1_3B = dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30, text_dim=4096)
+WAN_14B_CONFIG = dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096)
 # diffusers' test transformer
 WAN_TINY = dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2, text_dim=32,
                 rope_max_seq_len=32)
@@ -25,13 +26,14 @@ class Wan(Family):
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
         tokenizer = t5_tokenizer()
+        published = WAN_14B_CONFIG if self.variant == "14b" else WAN_1_3B
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2), in_channels=16, out_channels=16, freq_dim=256, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", **(WAN_TINY if size == "tiny" else WAN_1_3B))
+            qk_norm="rms_norm_across_heads", **(WAN_TINY if size == "tiny" else published))
         vae = AutoencoderKLWan(**WAN_VAE_TINY) if size == "tiny" else AutoencoderKLWan()
-        # the published scheduler: UniPC on flow-matching sigmas, shifted 3.0 for 480p
+        # the published scheduler: UniPC on flow-matching sigmas, shifted 3.0 for 480p, 5.0 for 720p
         unipc = scheduler("UniPCMultistepScheduler", prediction_type="flow_prediction", use_flow_sigmas=True,
-                          flow_shift=3.0)
+                          flow_shift=5.0 if self.variant == "14b" else 3.0)
         return dict(tokenizer=tokenizer, text_encoder=umt5_encoder(size, tokenizer), transformer=transformer,
                     vae=vae, scheduler=unipc)
 
@@ -72,5 +74,9 @@ WAN = Wan(
     arguments=ARGUMENTS, checkpoints=("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
     # (C, F, H, W) latents: frame 0 alone, then 4 frames per latent frame; an 8x VAE under 2x2 patches
     layout=LatentLayout(frame_axis=1, temporal=4, causal_first=True, spatial=8, patch=2),
-    prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"),
+    prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
 )
+# the published sizes by name: random-wan-1.3b is random-wan; the 14B model renders 720p
+WAN_1_3B_PRESET = WAN.with_variant("1.3b")
+WAN_14B = WAN.with_variant("14b", defaults=Defaults(num_frames=81, height=720, width=1280, num_inference_steps=50,
+                                                    fps=16, guidance_scale=5.0))
