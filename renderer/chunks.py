@@ -64,6 +64,12 @@ class LatentLayout:
         c = self.temporal
         return f"{c}k+1 ({c + 1}, {2 * c + 1}, ...)" if self.causal_first else f"a multiple of {c}"
 
+    def nearest_frames(self, frames: int) -> tuple[int, ...]:
+        """The valid frame counts on either side of `frames` (one where the lower would be below one frame)."""
+        lower = next(n for n in range(frames, frames - self.temporal - 1, -1) if self.valid_frames(n))
+        upper = lower + self.temporal
+        return (upper,) if lower < 1 else (lower, upper)
+
 
 # one latent frame per video frame
 FRAME_LAYOUT = LatentLayout()

@@ -2,10 +2,10 @@
 
 A video pipeline denoises with a UNet (`pipeline.unet`) or a diffusion transformer (`pipeline.transformer`, and
 Wan 2.2's second expert `pipeline.transformer_2`, which takes over for the low-noise steps). What the renderer
-does to a denoiser goes through here: its dtype, compilation, the step cache, feed-forward chunking and the
-attention backend. Which kind a pipeline has is read from the attribute it is found under, never guessed from
-its class; what differs between families is declared by the family (`Family.step_cache`) or by diffusers'
-model class (`_repeated_blocks`).
+does to a denoiser goes through here: its dtype, compilation, the step caches (DeepCache on a UNet, diffusers'
+cache hooks on a transformer), feed-forward chunking and the attention backend. Which kind a pipeline has is
+read from the attribute it is found under, never guessed from its class; what differs between families is
+declared by the family (`Family.step_cache`, `Family.caches`) or by diffusers' model class (`_repeated_blocks`).
 """
 from __future__ import annotations
 
@@ -87,6 +87,17 @@ def set_step_cache(pipeline, interval: int | None) -> None:
         cache = getattr(module, "step_cache", None)
         if cache is not None:
             cache.reset(interval)
+
+
+def set_cache(pipeline, cache: dict | None, steps: int, frame_axis: int | None) -> None:
+    """Before a call: the row's transformer cache (`params.cache`; None: off) on every transformer of the
+    pipeline (both of Wan 2.2's experts), applied afresh so no state crosses from one call to the next."""
+    from .transformer_cache import cache_config, set_transformer_cache
+
+    for name, module in denoisers(pipeline).items():
+        if name != UNET:
+            config = None if cache is None else cache_config(pipeline, cache, steps, frame_axis)
+            set_transformer_cache(module, config)
 
 
 def set_forward_chunking(pipeline, chunk_size: int | None) -> None:

@@ -144,7 +144,7 @@ def _chunking(num_frames: int, spec: ModelSpec, options: dict) -> tuple[str | No
     window = options.get("chunk_window", spec.window)
     if not layout.valid_frames(window):
         raise RowRejected("params.chunk_window", window, f"must be {layout.frame_rule()} for family "
-                          f"{spec.family.name!r}")
+                          f"{spec.family.name!r}{_nearest(layout.nearest_frames(window))}")
     mode = options.get("chunk_mode", spec.family.chunk_modes[0])
     overlap = options.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
     if overlap >= window:
@@ -191,15 +191,22 @@ def _frame_count(row: dict, spec: ModelSpec, max_frames: int) -> int:
     layout = spec.family.layout
     if not layout.valid_frames(number):
         raise RowRejected("num_frames", number, f"must be {layout.frame_rule()} for family {spec.family.name!r}: "
-                          f"its latents hold {layout.temporal} frames each")
+                          f"its latents hold {layout.temporal} frames each{_nearest(layout.nearest_frames(number))}")
     return number
 
 
 def _size(row: dict, column: str, default: int, multiple: int) -> int:
     number = _positive_int(row, column, default)
     if number % multiple:
-        raise RowRejected(column, number, f"must be divisible by {multiple}")
+        lower = number - number % multiple
+        nearest = (lower, lower + multiple) if lower else (multiple,)
+        raise RowRejected(column, number, f"must be divisible by {multiple}{_nearest(nearest)}")
     return number
+
+
+def _nearest(values: tuple[int, ...]) -> str:
+    """The valid values nearest a rejected one, as the end of its message: never rounded silently."""
+    return f" (nearest: {' or '.join(map(str, values))})"
 
 
 def _guidance(value, default: float) -> float:

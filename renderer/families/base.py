@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import denoiser
 from ..chunks import ANCHORED, FRAME_LAYOUT, LatentLayout
-from .params import MEMORY_PARAMS, SCHEDULERS, STEP_CACHE, Param, chunk_params
+from .params import MEMORY_PARAMS, SCHEDULERS, STEP_CACHE, Param, cache_param, chunk_params
 from .pipeline_state import frame_noise, set_vae_float32
 from .prompts import prompt_embeds_once
 
@@ -46,6 +46,9 @@ class Family(ABC):
     # diffusers arguments set through a typed column, so `params` may not set them again
     column_aliases: Mapping[str, str] = field(default_factory=dict)
     schedulers: tuple[str, ...] = ()
+    # the scheduler config's name for the flow-matching shift ("flow_shift" on UniPC, "shift" on FlowMatchEuler),
+    # which a row may set as `params.flow_shift`; None: the family's scheduler has none
+    flow_shift: str | None = None
     checkpoints: tuple[str, ...] = ()
     # what a row must give; default: every input
     required: tuple[str, ...] = ()
@@ -56,6 +59,9 @@ class Family(ABC):
     decode_chunk_default: int | None = None
     # rows may ask for the denoiser's step cache (see step_cache.py)
     step_cache: bool = False
+    # the kinds of diffusers' transformer caches a row may ask for in `params.cache` (see params.CACHE_KINDS):
+    # those diffusers can apply to the family's transformer
+    caches: tuple[str, ...] = ()
     # how a long row's chunks are tied together; the first is the default
     chunk_modes: tuple[str, ...] = (ANCHORED,)
     # how the family's latents hold a video: their frame axis, temporal compression, spatial factor
@@ -98,9 +104,14 @@ class Family(ABC):
         allowed = {**self.arguments, **self.options}
         if self.schedulers:
             allowed["scheduler"] = Param(str, "denoising scheduler", choices=self.schedulers)
+        if self.flow_shift:
+            allowed["flow_shift"] = Param(float, "shift of the flow-matching sigmas towards high noise (the "
+                                          "published: larger for larger frames)", minimum=0.0)
         allowed.update({k: v for k, v in MEMORY_PARAMS.items() if k in self.memory_options})
         if self.step_cache:
             allowed["step_cache"] = STEP_CACHE
+        if self.caches:
+            allowed["cache"] = cache_param(self.caches)
         allowed.update(chunk_params(self.chunk_modes))
         return allowed
 
@@ -247,15 +258,16 @@ class Family(ABC):
 
     def configure(self, pipeline, request, base_scheduler) -> None:
         """Set every piece of per-row pipeline state, so nothing a row asks for leaks into the next row."""
-        name = request.options.get("scheduler")
-        if name is None:
+        vae, options = getattr(pipeline, "vae", None), request.options
+        name, shift = options.get("scheduler"), options.get("flow_shift")
+        if name is None and shift is None:
             pipeline.scheduler = base_scheduler
         else:
             import diffusers
 
-            cls = getattr(diffusers, SCHEDULERS[name])
-            pipeline.scheduler = cls.from_config(base_scheduler.config)
-        vae, options = getattr(pipeline, "vae", None), request.options
+            cls = getattr(diffusers, SCHEDULERS[name]) if name else type(base_scheduler)
+            shifted = {} if shift is None else {self.flow_shift: shift}
+            pipeline.scheduler = cls.from_config(base_scheduler.config, **shifted)
         if "vae_slicing" in self.memory_options:
             vae.enable_slicing() if options.get("vae_slicing") else vae.disable_slicing()
         if "vae_tiling" in self.memory_options:
@@ -266,5 +278,7 @@ class Family(ABC):
             set_vae_float32(vae, denoiser.dtype(pipeline), bool(options.get("vae_float32")))
         if self.step_cache:
             denoiser.set_step_cache(pipeline, options.get("step_cache"))
+        if self.caches:
+            denoiser.set_cache(pipeline, options.get("cache"), request.num_inference_steps, self.layout.frame_axis)
 
 

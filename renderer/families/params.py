@@ -29,11 +29,16 @@ class Param:
     maximum: float | None = None
     # for kind dict: the allowed keys, all optional
     fields: Mapping[str, Param] | None = None
+    # for kind list: the type of its numbers and how many it holds (None: any number of them)
+    item: type = float
+    length: int | None = None
 
     def check(self, key: str, value: Any) -> Any:
         column = f"params.{key}"
         if self.kind is dict:
             return self._check_fields(key, value)
+        if self.kind is list:
+            return self._check_items(key, value)
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (self.kind is not bool and isinstance(value, bool)):
@@ -45,6 +50,13 @@ class Param:
         if self.maximum is not None and value > self.maximum:
             raise RowRejected(column, value, f"must be <= {self.maximum}")
         return value
+
+    def _check_items(self, key: str, value: Any) -> list:
+        count = f"{self.length} " if self.length else ""
+        if not isinstance(value, list) or (self.length and len(value) != self.length) or not value:
+            raise RowRejected(f"params.{key}", value, f"must be a list of {count}{self.item.__name__} numbers")
+        return [Param(self.item, self.help, minimum=self.minimum, maximum=self.maximum).check(f"{key}[{i}]", v)
+                for i, v in enumerate(value)]
 
     def _check_fields(self, key: str, value: Any) -> dict:
         # {"free_init": true}: the pipeline's own defaults
@@ -86,6 +98,83 @@ MEMORY_PARAMS = {
 STEP_CACHE = Param(int, "DeepCache: all of the UNet but its shallowest layers runs on 1 step of every N and is "
                    "reused in between (faster; frames close to, not equal to, the uncached ones)",
                    minimum=2, maximum=10)
+
+
+@dataclass(frozen=True)
+class CacheParam(Param):
+    """`params.cache`: {"kind": K, ...} with K one of the family's cache kinds and the other keys the options of
+    that kind's diffusers config (under diffusers' names)."""
+
+    kinds: Mapping[str, Mapping[str, Param]] = None
+
+    def check(self, key: str, value: Any) -> dict:
+        if not isinstance(value, dict) or "kind" not in value:
+            raise RowRejected(f"params.{key}", value, 'must be an object {"kind": K, ...} with K one of '
+                              + ", ".join(self.kinds))
+        kind = value["kind"]
+        if kind not in self.kinds:
+            unsupported = f" (diffusers cannot apply {kind} to this family)" if kind in CACHE_KINDS else ""
+            raise RowRejected(f"params.{key}.kind", kind, f"must be one of {', '.join(self.kinds)}{unsupported}")
+        options = Param(dict, self.help, fields=self.kinds[kind]).check(key, {k: v for k, v in value.items()
+                                                                              if k != "kind"})
+        if kind == "mag" and "mag_ratios" not in options and not options.get("calibrate"):
+            raise RowRejected(f"params.{key}.mag_ratios", None, "required by MagCache (its ratios are the "
+                              "checkpoint's own), unless calibrate is true (no skipping; the ratios are logged)")
+        return {"kind": kind, **options}
+
+
+_TIMESTEPS = Param(list, "timesteps (0-1000) between which it applies", item=int, length=2, minimum=-1,
+                   maximum=1000)
+_SKIP = Param(int, "reuse the attention of 1 block of every N", minimum=1)
+# the options of each kind of diffusers' transformer caches (`enable_cache`), as their configs name them
+CACHE_KINDS: dict[str, Mapping[str, Param]] = {
+    "first_block": {
+        "threshold": Param(float, "relative change of the first block's output below which the rest is reused",
+                           minimum=0.0),
+    },
+    "taylorseer": {
+        "cache_interval": Param(int, "steps between full computations", minimum=1),
+        "disable_cache_before_step": Param(int, "steps computed in full at the start", minimum=0),
+        "disable_cache_after_step": Param(int, "steps from which every step is computed in full", minimum=0),
+        "max_order": Param(int, "order of the Taylor extrapolation", minimum=0, maximum=4),
+        "use_lite_mode": Param(bool, "extrapolate the blocks' outputs only"),
+    },
+    "mag": {
+        "threshold": Param(float, "accumulated error below which a step reuses the residual", minimum=0.0),
+        "max_skip_steps": Param(int, "most consecutive steps skipped", minimum=1),
+        "retention_ratio": Param(float, "fraction of the first steps never skipped", minimum=0.0, maximum=1.0),
+        "mag_ratios": Param(list, "the checkpoint's magnitude ratios, one per step (interpolated)", minimum=0.0),
+        "calibrate": Param(bool, "compute and log the ratios instead of skipping"),
+    },
+    "pab": {
+        "spatial_attention_block_skip_range": _SKIP,
+        "temporal_attention_block_skip_range": _SKIP,
+        "cross_attention_block_skip_range": _SKIP,
+        "spatial_attention_timestep_skip_range": _TIMESTEPS,
+        "temporal_attention_timestep_skip_range": _TIMESTEPS,
+        "cross_attention_timestep_skip_range": _TIMESTEPS,
+    },
+    "faster": {
+        "spatial_attention_block_skip_range": _SKIP,
+        "temporal_attention_block_skip_range": _SKIP,
+        "spatial_attention_timestep_skip_range": _TIMESTEPS,
+        "temporal_attention_timestep_skip_range": _TIMESTEPS,
+        "low_frequency_weight_update_timestep_range": _TIMESTEPS,
+        "high_frequency_weight_update_timestep_range": _TIMESTEPS,
+        "alpha_low_frequency": Param(float, "weight of the low-frequency update", minimum=0.0),
+        "alpha_high_frequency": Param(float, "weight of the high-frequency update", minimum=0.0),
+        "unconditional_batch_skip_range": Param(int, "compute the unconditional batch 1 step of every N",
+                                                minimum=1),
+        "unconditional_batch_timestep_skip_range": _TIMESTEPS,
+    },
+}
+
+
+def cache_param(kinds: tuple[str, ...]) -> CacheParam:
+    """`params.cache` of a family whose transformer takes the cache `kinds` (see CACHE_KINDS)."""
+    return CacheParam(dict, "the transformer's step cache (diffusers' enable_cache): {\"kind\": K, ...options}, "
+                      "reset for every row; faster, frames close to the uncached ones", choices=kinds,
+                      kinds={kind: CACHE_KINDS[kind] for kind in kinds})
 
 
 def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
