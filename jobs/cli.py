@@ -36,6 +36,18 @@ def main():
 
 
 # options of a run, shared by `run` and `submit` (which hands them on to the `render run` of its job)
+def _attention_backend(ctx, param, value: str | None) -> str | None:
+    """--attention: one of diffusers' attention backend names (read from diffusers only when given)."""
+    if value is None:
+        return None
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    names = [backend.value for backend in AttentionBackendName]
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not a diffusers attention backend ({', '.join(names)})")
+    return value
+
+
 RUN_OPTIONS = (
     click.option("--model", help="Model for rows without a `model` column value: a preset (see `render models`), "
                                  "a local folder or a hub id."),
@@ -62,7 +74,7 @@ RUN_OPTIONS = (
     click.option("--dtype", type=click.Choice(["float16", "bfloat16"]),
                  help="Weights and activations on CUDA [default: the family's: bfloat16 for diffusion "
                       "transformers, float16 for the others]; the CPU always runs float32."),
-    click.option("--attention", "attention", metavar="BACKEND",
+    click.option("--attention", "attention", metavar="BACKEND", callback=_attention_backend,
                  help="diffusers' attention backend for the denoiser, e.g. native, flash, _native_cudnn, sage "
                       "(installed kernels only; a CPU has native) [default: the model's]."),
     click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,

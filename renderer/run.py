@@ -23,6 +23,8 @@ from .request import MAX_FRAMES, RenderRequest, to_request
 from .tables import read_tables
 
 DEVICES = ("auto", "cpu", "cuda")
+# diffusers attention backends a CPU runs: PyTorch's own scaled_dot_product_attention
+CPU_ATTENTION = ("native", "_native_math")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +223,10 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
         raise ConfigError("--cpu-offload needs CUDA: on the CPU every model already lives in host memory")
     if config.load.dtype and device != "cuda":
         raise ConfigError(f"--dtype {config.load.dtype} needs CUDA: the CPU always runs float32")
+    backend = config.load.attention_backend
+    if backend not in (None, *CPU_ATTENTION) and device != "cuda":
+        raise ConfigError(f"--attention {backend} needs CUDA: on the CPU the backends are {', '.join(CPU_ATTENTION)} "
+                          "(PyTorch's own scaled_dot_product_attention)")
     default = max(1, int(gpus // config.gpus_per_actor)) if device == "cuda" else 1
     actors = config.actors or default
     # a share of the cluster's CPUs, but never more than one node has: an actor runs on one node

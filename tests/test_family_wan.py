@@ -1,6 +1,7 @@
 """Wan 2.1 text-to-video (tiny-wan): parity with the plain WanPipeline call, its frame and size rules, long rows
 planned in latent frames and stitched as latents, a saved checkpoint loaded back, and a row through `render run`."""
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -88,3 +89,79 @@ def test_a_long_wan_row_renders_through_render_run(ray_session, tmp_path):
     kite = records["kite"]
     assert (kite["num_frames"], kite["chunks"], kite["chunk_mode"]) == (97, 2, "anchored")
     assert all(np.isfinite(kite["seams"])) and records["short"]["num_frames"] == 9
+
+
+def psnr(a, b) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+CACHES = {
+    "first_block": {"threshold": 0.5},
+    "taylorseer": {"cache_interval": 3, "disable_cache_before_step": 1},
+    "mag": {"mag_ratios": [1.0, 1.0, 0.9, 0.9, 0.9, 0.9], "threshold": 0.5},
+    "pab": {"spatial_attention_block_skip_range": 2, "spatial_attention_timestep_skip_range": [-1, 1000]},
+}
+
+
+@pytest.mark.parametrize("kind", CACHES)
+def test_each_cache_kind_changes_the_frames_a_little_and_leaves_the_next_row_uncached(model, kind):
+    row = {**ROW, "num_inference_steps": 6}
+    uncached = model.render(row)
+    cached = model.render({**row, "params": json.dumps({"cache": {"kind": kind, **CACHES[kind]}})})
+    assert not np.array_equal(cached, uncached)
+    # measured on tiny-wan, 6 steps: 65 to 90 dB; random weights saturate most pixels, so the bound is loose
+    assert psnr(cached, uncached) > 40
+    assert np.array_equal(model.render(row), uncached)
+    assert not model.pipeline.transformer.is_cache_enabled
+
+
+def test_mag_cache_needs_the_checkpoints_ratios_and_faster_cache_is_refused_by_name():
+    with pytest.raises(RowRejected, match="params.cache.mag_ratios=None: required by MagCache"):
+        to_request({**ROW, "params": '{"cache": {"kind": "mag"}}'}, default_model="tiny-wan")
+    with pytest.raises(RowRejected, match=r"params.cache.kind='faster': must be one of first_block, taylorseer, "
+                                          r"mag, pab \(diffusers cannot apply faster to this family\)"):
+        to_request({**ROW, "params": '{"cache": {"kind": "faster"}}'}, default_model="tiny-wan")
+    with pytest.raises(RowRejected, match="params.cache.threshold=-1.0: must be >= 0.0"):
+        to_request({**ROW, "params": '{"cache": {"kind": "first_block", "threshold": -1}}'}, default_model="tiny-wan")
+
+
+def test_flow_shift_and_guidance_change_the_frames_for_their_row_only(model):
+    base = model.render(ROW)
+    shifted = model.render({**ROW, "params": '{"flow_shift": 8.0}'})
+    assert not np.array_equal(shifted, base)
+    assert np.array_equal(shifted, plain_with_shift(model, 8.0))
+    assert not np.array_equal(model.render({**ROW, "guidance_scale": 1.0}), base)
+    assert np.array_equal(model.render(ROW), base)
+
+
+def plain_with_shift(model, shift):
+    base_scheduler = model.pipeline.scheduler
+    model.pipeline.scheduler = type(base_scheduler).from_config(base_scheduler.config, flow_shift=shift)
+    try:
+        return plain(model)
+    finally:
+        model.pipeline.scheduler = base_scheduler
+
+
+def test_rejections_name_the_nearest_valid_values():
+    with pytest.raises(RowRejected, match=r"\(nearest: 77 or 81\)"):
+        to_request({**ROW, "num_frames": 80}, default_model="tiny-wan")
+    with pytest.raises(RowRejected, match=r"\(nearest: 32 or 48\)"):
+        to_request({**ROW, "width": 40}, default_model="tiny-wan")
+
+
+def test_the_published_sizes_are_presets_built_in_bfloat16_on_the_meta_device():
+    from renderer.catalog import resolve_model
+    from renderer.families.components import seeded_build
+
+    sizes = {}
+    for name in ("random-wan-1.3b", "random-wan-14b"):
+        spec = resolve_model(name)
+        with seeded_build("meta", torch.bfloat16):
+            transformer = spec.family.components("random")["transformer"]
+        assert transformer.dtype == torch.bfloat16
+        sizes[name] = sum(p.numel() for p in transformer.parameters())
+    # the published transformers: 1.42B and 14.29B parameters
+    assert round(sizes["random-wan-1.3b"] / 1e9, 2) == 1.42 and round(sizes["random-wan-14b"] / 1e9, 2) == 14.29
+    assert resolve_model("random-wan-14b").defaults.height == 720

@@ -117,6 +117,22 @@ def test_dtype_needs_cuda(ray_session, tmp_path):
                       load=LoadOptions(dtype="bfloat16")))
 
 
+def test_attention_backends_are_diffusers_names_and_the_cuda_ones_need_cuda(ray_session, tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import write_table
+    from jobs.cli import main
+    from renderer.errors import ConfigError
+    from renderer.run import RunConfig, run
+
+    table = write_table(tmp_path / "t.parquet", [dict(id="a", prompt="a fox", num_inference_steps=2)])
+    result = CliRunner().invoke(main, ["run", str(table), "--out", str(tmp_path / "o"), "--attention", "fast"])
+    assert result.exit_code == 2 and "'fast' is not a diffusers attention backend (flash, " in result.output
+    with pytest.raises(ConfigError, match="--attention flash needs CUDA: on the CPU the backends are native, "):
+        run(RunConfig(tables=(str(table),), out=tmp_path / "out", model="tiny-wan",
+                      load=LoadOptions(attention_backend="flash")))
+
+
 def test_speed_benchmark_harness_measures_every_mode_on_tiny_presets(tmp_path):
     out = tmp_path / "bench"
     subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), str(out), "--preset", "tiny", "--size", "64x64",

@@ -62,6 +62,9 @@ class Family(ABC):
     # the kinds of diffusers' transformer caches a row may ask for in `params.cache` (see params.CACHE_KINDS):
     # those diffusers can apply to the family's transformer
     caches: tuple[str, ...] = ()
+    # options of a cache kind the family sets unless the row does (e.g. which of its modules TaylorSeer caches,
+    # where diffusers' default names match none of the family's)
+    cache_defaults: Mapping[str, dict] = field(default_factory=dict)
     # how a long row's chunks are tied together; the first is the default
     chunk_modes: tuple[str, ...] = (ANCHORED,)
     # how the family's latents hold a video: their frame axis, temporal compression, spatial factor
@@ -279,6 +282,9 @@ class Family(ABC):
         if self.step_cache:
             denoiser.set_step_cache(pipeline, options.get("step_cache"))
         if self.caches:
-            denoiser.set_cache(pipeline, options.get("cache"), request.num_inference_steps, self.layout.frame_axis)
+            cache = options.get("cache")
+            if cache is not None:
+                cache = {**self.cache_defaults.get(cache["kind"], {}), **cache}
+            denoiser.set_cache(pipeline, cache, request.num_inference_steps, self.layout.frame_axis)
 
 

@@ -138,6 +138,10 @@ CACHE_KINDS: dict[str, Mapping[str, Param]] = {
         "disable_cache_after_step": Param(int, "steps from which every step is computed in full", minimum=0),
         "max_order": Param(int, "order of the Taylor extrapolation", minimum=0, maximum=4),
         "use_lite_mode": Param(bool, "extrapolate the blocks' outputs only"),
+        "cache_identifiers": Param(list, "regular expressions (full match) of the module names whose outputs are "
+                                   "extrapolated (default: the family's attention and feed-forward layers)",
+                                   item=str),
+        "skip_predict_identifiers": Param(list, "regular expressions of module names skipped outright", item=str),
     },
     "mag": {
         "threshold": Param(float, "accumulated error below which a step reuses the residual", minimum=0.0),

@@ -62,6 +62,10 @@ class Wan(Family):
         return pipeline.vae.decode(latents * std + mean, return_dict=False)[0]
 
 
+# TaylorSeer's default patterns name attention modules `...attn`, which no Wan module's full name matches (they end
+# attn1/attn2): it would silently cache nothing
+WAN_CACHE_DEFAULTS = {"taylorseer": {"cache_identifiers": [r"^blocks\.\d+\.(attn1|attn2|ffn)$"]}}
+
 ARGUMENTS = {
     "max_sequence_length": Param(int, "UMT5 tokens read from the prompt (longer prompts are cut)", minimum=1,
                                  maximum=512),
@@ -76,7 +80,7 @@ WAN = Wan(
     layout=LatentLayout(frame_axis=1, temporal=4, causal_first=True, spatial=8, patch=2),
     prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
     # FasterCache fails on its two-pass guidance (one transformer call per branch)
-    caches=("first_block", "taylorseer", "mag", "pab"), flow_shift="flow_shift",
+    caches=("first_block", "taylorseer", "mag", "pab"), cache_defaults=WAN_CACHE_DEFAULTS, flow_shift="flow_shift",
 )
 # the published sizes by name: random-wan-1.3b is random-wan; the 14B model renders 720p
 WAN_1_3B_PRESET = WAN.with_variant("1.3b")
