@@ -100,6 +100,37 @@ def set_cache(pipeline, cache: dict | None, steps: int, frame_axis: int | None) 
             set_transformer_cache(module, config)
 
 
+def has_transformer(pipeline) -> bool:
+    """Whether the pipeline denoises with a diffusion transformer (which can be offloaded block by block)."""
+    return UNET not in denoisers(pipeline)
+
+
+def offload_groups(pipeline, device: str) -> None:
+    """Every transformer's blocks wait on the CPU and move to `device` one at a time as they run (diffusers' group
+    offloading, with the next block's copy overlapping the current block's work on CUDA): a large transformer's
+    memory shrinks to a block's, while the rest of the pipeline stays where it is."""
+    import torch
+
+    for name, module in denoisers(pipeline).items():
+        if name != UNET:
+            module.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                        offload_type="block_level", num_blocks_per_group=1,
+                                        use_stream=device.startswith("cuda"))
+
+
+def restore_groups(pipeline, device: str) -> None:
+    """Undo `offload_groups`: the transformers' offloading hooks removed, their weights back whole on `device`."""
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING, _LAZY_PREFETCH_GROUP_OFFLOADING
+
+    for name, module in denoisers(pipeline).items():
+        if name != UNET:
+            registry = HookRegistry.check_if_exists_or_initialize(module)
+            for hook in (_LAZY_PREFETCH_GROUP_OFFLOADING, _GROUP_OFFLOADING):
+                registry.remove_hook(hook, recurse=True)
+            module.to(device)
+
+
 def set_forward_chunking(pipeline, chunk_size: int | None) -> None:
     """Feed-forward layers in chunks of `chunk_size` (None: off) on every block that offers it, in every
     denoiser: UNets' transformer blocks and diffusion transformers' blocks alike."""

@@ -131,16 +131,18 @@ class Model:
         """`produce(request)` with the two recoveries a GPU render may need, each noted in `self.recoveries`:
 
         - out of memory: retried down a ladder of memory options (smaller VAE decodes, slicing and tiling,
-          then CPU offload), so a row that fits only with them still renders; the next row starts afresh;
+          then group offloading of a transformer's blocks, then CPU offload), so a row that fits only with them
+          still renders; the next row starts afresh;
         - NaN or black frames (fp16 overflow, mostly in the VAE): retried once with the VAE in float32, then
           the row fails `nan_output`, never retried again: the same weights give the same frames.
         """
         import torch
 
         self.recoveries = []
-        rungs = memory_rungs(self.spec.family, request, self.device, self.offloaded)
-        # whether the ladder moved the pipeline to CPU offload for this row
-        offloaded = False
+        rungs = memory_rungs(self.spec.family, request, self.device, self.offloaded,
+                             transformer=denoiser.has_transformer(self.pipeline))
+        # how the ladder moved the pipeline's weights for this row: None, "groups" or "cpu_offload"
+        moved = None
         try:
             while True:
                 try:
@@ -152,9 +154,7 @@ class Model:
                     rung = rungs.pop(0)
                     self.recoveries.append("out_of_memory: " + ", ".join(f"{k}={v}" for k, v in rung.items()))
                     self._free_memory()
-                    if rung.pop("cpu_offload", False):
-                        self.pipeline.enable_model_cpu_offload(device=self.device)
-                        offloaded = True
+                    moved = self._move_weights(rung, moved)
                     request = replace(request, options={**request.options, **rung})
                 except BadOutput as exc:
                     if request.options.get("vae_float32"):
@@ -163,9 +163,26 @@ class Model:
                     request = replace(request, options={**request.options, "vae_float32": True})
         finally:
             # the next row starts with the pipeline as it was loaded
-            if offloaded:
-                self.pipeline.remove_all_hooks()
-                self.pipeline.to(self.device)
+            self._restore_weights(moved)
+
+    def _move_weights(self, rung: dict, moved: str | None) -> str | None:
+        """Apply a rung's offloading (popped from it): the transformers' blocks one at a time, or every sub-model
+        waiting on the CPU; diffusers allows one of the two at a time."""
+        if rung.pop("group_offload", False):
+            denoiser.offload_groups(self.pipeline, self.device)
+            return "groups"
+        if rung.pop("cpu_offload", False):
+            self._restore_weights(moved)
+            self.pipeline.enable_model_cpu_offload(device=self.device)
+            return "cpu_offload"
+        return moved
+
+    def _restore_weights(self, moved: str | None) -> None:
+        if moved == "groups":
+            denoiser.restore_groups(self.pipeline, self.device)
+        elif moved == "cpu_offload":
+            self.pipeline.remove_all_hooks()
+            self.pipeline.to(self.device)
 
     def _free_memory(self) -> None:
         """Release what a failed attempt held before the next one allocates."""
@@ -191,10 +208,12 @@ class Model:
         return torch.Generator("cpu").manual_seed(request.seed)
 
 
-def memory_rungs(family, request: RenderRequest, device: str, offloaded: bool = False) -> list[dict]:
+def memory_rungs(family, request: RenderRequest, device: str, offloaded: bool = False,
+                 transformer: bool = False) -> list[dict]:
     """The memory options tried in turn after an out-of-memory error, each rung adding to the last: the VAE
-    decodes fewer frames at once (sliced), then one frame in tiles with the UNet's feed-forward chunked, then
-    (CUDA only) every sub-model waits on the CPU until it runs. Options a family lacks are left out."""
+    decodes fewer frames at once (sliced), then one frame in tiles with the denoiser's feed-forward chunked, then
+    (CUDA only) a diffusion transformer's blocks wait on the CPU and come one at a time (group offloading), then
+    every sub-model waits on the CPU until it runs. Options a family lacks are left out."""
     allowed, params = family.allowed_params(), request.params
     decode = params.get("decode_chunk_size") or family.decode_chunk_default or request.num_frames
     rungs = [{"decode_chunk_size": decode // 2, "vae_slicing": True},
@@ -202,6 +221,8 @@ def memory_rungs(family, request: RenderRequest, device: str, offloaded: bool = 
     rungs = [{k: v for k, v in rung.items() if k in allowed and params.get(k) != v
               and not (k == "decode_chunk_size" and not 1 <= v < decode)} for rung in rungs]
     if device.startswith("cuda") and not offloaded:
+        # a diffusion transformer first offloads its own blocks (the rest stays on the GPU), then everything
+        rungs += [{"group_offload": True}] if transformer else []
         rungs.append({"cpu_offload": True})
     return [rung for rung in rungs if rung]
 

@@ -103,3 +103,22 @@ def test_run_records_recoveries_fails_bad_output_for_good_and_replaces_a_poisone
     plain = records["plain"]  # queued behind it on the same actor: requeued without charge
     assert plain["status"] == "ok" and plain["recoveries"] is None and plain["attempts"] == 1
     assert summary.exit_code == 1 and summary.counts == {"ok": 3, "failed": 1}
+
+
+def test_a_transformer_offloads_its_blocks_before_the_whole_pipeline_and_renders_the_same():
+    from renderer import denoiser
+    from renderer.families.registry import FAMILIES
+
+    wan_request = to_request({"id": "w", "prompt": "a fox", "num_inference_steps": 2}, default_model="tiny-wan")
+    assert memory_rungs(FAMILIES["wan"], wan_request, "cuda", transformer=True)[-2:] == [{"group_offload": True},
+                                                                                      {"cpu_offload": True}]
+    assert {"group_offload": True} not in memory_rungs(FAMILIES["animatediff"], request(), "cuda")
+    wan = load("tiny-wan")
+    plain = wan.render(wan_request)
+    # the CPU stands in for the GPU: the blocks move between two copies on one device, through the same hooks
+    denoiser.offload_groups(wan.pipeline, "cpu")
+    assert wan.pipeline.transformer.blocks[0]._diffusers_hook.get_hook("group_offloading") is not None
+    assert np.array_equal(wan.render(wan_request), plain)
+    denoiser.restore_groups(wan.pipeline, "cpu")
+    assert wan.pipeline.transformer.blocks[0]._diffusers_hook.get_hook("group_offloading") is None
+    assert np.array_equal(wan.render(wan_request), plain)
