@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ANCHORED, CHAIN = "anchored", "chain"
+ANCHORED, CHAIN, KEYFRAMES = "anchored", "chain", "keyframes"
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,38 @@ def plan_chunks(num_frames: int, window: int, overlap: int, layout: LatentLayout
     latent_overlap = -(-overlap // layout.temporal)
     spans = _spans(latents, latent_window, latent_overlap)
     return tuple(Chunk(i, *layout.video_span(s, e), s, e) for i, (s, e) in enumerate(spans))
+
+
+def plan_keyframe_windows(num_frames: int, window: int, layout: LatentLayout = FRAME_LAYOUT) -> tuple[Chunk, ...]:
+    """The windows of a row rendered between keyframes: keyframes every `window - 1` frames and on the last frame,
+    each window from one keyframe to the next, so neighbours share exactly that frame; the last window is as long
+    as what is left (a valid count, as N and the window are). A window's latent span starts on the latent frame
+    that holds its first keyframe, which the previous window's span ends on: the two draw the same noise there."""
+    step = window - 1
+    starts = range(0, max(num_frames - 1, 1), step) if num_frames > window else [0]
+    chunks = []
+    for index, start in enumerate(starts):
+        end = min(start + step, num_frames - 1) + 1 if num_frames > window else num_frames
+        latent_start = layout.latent_frames(start + 1) - 1 if start else 0
+        chunks.append(Chunk(index, start, end, latent_start, layout.latent_frames(end)))
+    return tuple(chunks)
+
+
+def keyframe_chunks(windows: tuple[Chunk, ...], layout: LatentLayout = FRAME_LAYOUT) -> tuple[Chunk, ...]:
+    """The keyframes of a row planned as `plan_keyframe_windows`: one frame each, on every window's first frame
+    and on the last window's last, with the latent frame that holds it (its noise)."""
+    frames = [chunk.start for chunk in windows] + [windows[-1].end - 1]
+    return tuple(Chunk(k, f, f + 1, layout.latent_frames(f + 1) - 1, layout.latent_frames(f + 1))
+                 for k, f in enumerate(frames))
+
+
+def join_at_keyframes(windows: tuple[Chunk, ...], parts: list[np.ndarray]) -> np.ndarray:
+    """Windows rendered between keyframes joined into exactly N frames: a frame two windows share (a keyframe)
+    is taken from the earlier window, never blended."""
+    for chunk, part in zip(windows, parts, strict=True):
+        if len(part) != chunk.frames:
+            raise ValueError(f"chunk {chunk.index} has {len(part)} frames, planned {chunk.frames}")
+    return np.concatenate([parts[0], *(part[1:] for part in parts[1:])])
 
 
 def _spans(length: int, window: int, overlap: int) -> list[tuple[int, int]]:

@@ -2,10 +2,14 @@
 
 A row is a small DAG of tasks. A row that fits its model's window is one task. A long row is one task
 per chunk (all at once when the chunks are anchored, one after another when they are chained) and then
-a stitch task that blends them into the video. The dispatcher submits tasks while `executor.free` says the
-executor takes more, older rows first, streams new rows in as workers free up, retries a task that raised or whose
-worker died until `max_attempts`, and reports every row's final outcome exactly once. When the output
-storage keeps failing (WriteBreaker) it stops taking new work and reports the rows it did not render.
+a stitch task that blends them into the video. Rendered between keyframes, a long row first has its first
+keyframe (the row's image, or one rendered frame), then every other keyframe conditioned on it, all at once,
+then every window between two neighbouring keyframes, all at once, then the stitch.
+
+The dispatcher submits tasks while `executor.free` says the executor takes more, older rows first, streams new
+rows in as workers free up, retries a task that raised or whose worker died until `max_attempts`, and reports
+every row's final outcome exactly once. When the output storage keeps failing (WriteBreaker) it stops taking new
+work and reports the rows it did not render.
 """
 from __future__ import annotations
 
@@ -49,10 +53,18 @@ class Task:
     first: Any = None
     # stitch: every chunk's output, in order
     parts: tuple = ()
+    # the index of the keyframe this task renders (a row rendered between keyframes), None for a chunk; a
+    # keyframe after the first gets the first as `previous`, a window its two keyframes as `previous`, `first`
+    keyframe: int | None = None
 
     @property
     def whole_row(self) -> bool:
         return len(self.request.plan) == 1
+
+    @property
+    def key(self) -> Hashable:
+        """What the task renders, unique within its row: a chunk's index, STITCH, or ("keyframe", k)."""
+        return self.chunk if self.keyframe is None else ("keyframe", self.keyframe)
 
 
 class Executor(Protocol):
@@ -73,25 +85,39 @@ class RowState:
     waiting: deque
     # chunk index -> output
     outputs: dict = field(default_factory=dict)
-    # chunk index -> info
+    # keyframe index -> output (a row rendered between keyframes)
+    keyframes: dict = field(default_factory=dict)
+    # task key -> info
     infos: dict = field(default_factory=dict)
-    # chunk index -> tries so far
+    # task key -> tries so far
     attempts: dict = field(default_factory=dict)
     done: bool = False
 
     @classmethod
     def start(cls, request) -> RowState:
         chunks = len(request.plan)
+        if chunks > 1 and request.chunk_mode == "keyframes":
+            return cls(request, deque([Task(request, 0, keyframe=0)]))
         first = [0] if chunks == 1 or request.chunk_mode == "chain" else range(chunks)
         return cls(request, deque(Task(request, i) for i in first))
 
-    def unlocked_by(self, finished: int) -> list[Task]:
-        """The tasks a finished chunk unlocks: the next chained chunk, or the stitch once all are in."""
-        chunks = len(self.request.plan)
+    def settled(self, task: Task, output: Any) -> list[Task]:
+        """Keep a finished task's output; the tasks it unlocks: the other keyframes once the first is in, the
+        windows once every keyframe is in, the next chained chunk, or the stitch once every chunk is in."""
+        chunks, request = len(self.request.plan), self.request
+        if task.keyframe is not None:
+            self.keyframes[task.keyframe] = output
+            if task.keyframe == 0:
+                # a window's two ends: one more keyframe than windows
+                return [Task(request, 0, keyframe=k, previous=output) for k in range(1, chunks + 1)]
+            if len(self.keyframes) < chunks + 1:
+                return []
+            return [Task(request, i, previous=self.keyframes[i], first=self.keyframes[i + 1]) for i in range(chunks)]
+        self.outputs[task.chunk] = output
         if len(self.outputs) == chunks:
-            return [Task(self.request, STITCH, parts=tuple(self.outputs[i] for i in range(chunks)))]
-        if self.request.chunk_mode == "chain":
-            return [Task(self.request, finished + 1, previous=self.outputs[finished], first=self.outputs[0])]
+            return [Task(request, STITCH, parts=tuple(self.outputs[i] for i in range(chunks)))]
+        if request.chunk_mode == "chain":
+            return [Task(request, task.chunk + 1, previous=output, first=self.outputs[0])]
         return []
 
 
@@ -173,18 +199,18 @@ class Dispatcher:
                 self.on_event("start", request)
                 continue
             task = row.waiting.popleft()
-            row.attempts[task.chunk] = row.attempts.get(task.chunk, 0) + 1
+            row.attempts[task.key] = row.attempts.get(task.key, 0) + 1
             in_flight[self.executor.submit(task)] = (row, task)
         return False
 
     def _settle(self, row: RowState, task: Task, outcome: Outcome) -> None:
         self.breaker.observe(row.request.id, outcome, wrote=task.whole_row or task.chunk == STITCH)
         if outcome.status == REQUEUE:
-            row.attempts[task.chunk] -= 1
+            row.attempts[task.key] -= 1
             row.waiting.appendleft(task)
             self.on_event("retry", row.request)
             return
-        if outcome.status in (ERROR, CRASHED) and row.attempts[task.chunk] < self.max_attempts \
+        if outcome.status in (ERROR, CRASHED) and row.attempts[task.key] < self.max_attempts \
                 and not self.breaker.reason:
             # retried next, not after the whole backlog
             row.waiting.appendleft(task)
@@ -193,9 +219,8 @@ class Dispatcher:
         if outcome.status != OK or task.whole_row or task.chunk == STITCH:
             self._finish(row, outcome)
             return
-        row.outputs[task.chunk] = outcome.output
-        row.infos[task.chunk] = outcome.info
-        row.waiting.extend(row.unlocked_by(task.chunk))
+        row.infos[task.key] = outcome.info
+        row.waiting.extend(row.settled(task, outcome.output))
         self.on_event("chunk", row.request)
 
     def _finish(self, row: RowState, outcome: Outcome) -> None:
@@ -203,13 +228,15 @@ class Dispatcher:
         row.waiting.clear()
         # lets the object store free the chunks
         row.outputs.clear()
-        # a long row: add what each chunk's render reported
+        row.keyframes.clear()
+        # a long row: add what each chunk's (and keyframe's) render reported
         if row.infos:
-            chunks = [row.infos[i] for i in sorted(row.infos)]
+            chunks = [row.infos[i] for i in sorted(k for k in row.infos if isinstance(k, int))]
+            tasks = [*row.infos.values(), outcome.info]
             info = {**outcome.info, "chunk_actors": [c.get("actor") for c in chunks],
-                    "seconds": sum(c.get("seconds", 0.0) for c in chunks) + outcome.info.get("seconds", 0.0),
-                    "gpu": chunks[0].get("gpu"),
-                    "recoveries": [r for c in [*chunks, outcome.info] for r in c.get("recoveries", [])]}
+                    "seconds": sum(c.get("seconds", 0.0) for c in tasks),
+                    "gpu": next(c.get("gpu") for c in row.infos.values()),
+                    "recoveries": [r for c in tasks for r in c.get("recoveries", [])]}
             outcome = Outcome(outcome.status, outcome.error, info, output=outcome.output)
         self.on_done(row.request, outcome, max(row.attempts.values(), default=0))
         self.on_event("done", row.request)

@@ -47,4 +47,6 @@ class InProcessExecutor:
             return self.model.render_whole(request), {}
         if task.chunk == STITCH:
             return self.model.stitch(request, list(task.parts))
+        if task.keyframe is not None:
+            return self.model.render_keyframe(request, task.keyframe, task.previous), {}
         return self.model.render_chunk(request, task.chunk, task.previous, task.first), {}

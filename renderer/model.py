@@ -10,7 +10,7 @@ import numpy as np
 
 from . import denoiser, fault_hook
 from .catalog import ModelSpec, read_model_config, resolve_model
-from .chunks import colour_match, seam_metrics, stitch
+from .chunks import KEYFRAMES, colour_match, join_at_keyframes, keyframe_chunks, seam_metrics, stitch
 from .dispatch import Dispatcher
 from .errors import BadOutput, UnsafeCheckpoint
 from .in_process import InProcessExecutor
@@ -71,7 +71,10 @@ class Model:
     def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
         """One chunk of a long row: uint8 frames, or float32 latents (frames first) where the family stitches
         latents. Chained chunks get the previous chunk's frames (this chunk starts from its frame at this
-        chunk's start) and the first chunk's frames (their colours are matched to it)."""
+        chunk's start) and the first chunk's frames (their colours are matched to it); a window between
+        keyframes gets its two keyframes (one frame each)."""
+        if request.chunk_mode == KEYFRAMES:
+            return self._render_between(request, index, previous, first)
         family, chunk = self.spec.family, request.plan[index]
         image, video = self._inputs(request, chunk.end)
         if previous is not None:
@@ -91,10 +94,43 @@ class Model:
             return colour_match(frames, first) if first is not None else frames
         return self._guarded(request, output)
 
+    def render_keyframe(self, request: RenderRequest, index: int, anchor=None) -> np.ndarray:
+        """Keyframe `index` of a row rendered between keyframes, as uint8 frames (1, height, width, 3): the
+        first is the row's own image where it has one, else one rendered frame; every other one is rendered
+        conditioned on the first (`anchor`)."""
+        from PIL import Image
+
+        if index == 0 and request.image is not None:
+            image = load_image(request.image).resize((request.width, request.height), Image.Resampling.LANCZOS)
+            return np.asarray(image)[None]
+        family = self.spec.family
+        keyframe = keyframe_chunks(request.plan, family.layout)[index]
+        first = None if anchor is None else Image.fromarray(anchor[0])
+
+        def output(req):
+            out = family.generate_keyframe(self.pipeline, req, keyframe, first, self._configure(req))
+            return to_uint8(fault_hook.strike("output", req.id, out))
+        return self._guarded(request, output)
+
+    def _render_between(self, request: RenderRequest, index: int, start, end) -> np.ndarray:
+        """Window `index` of a row rendered between keyframes: uint8 frames that begin on the `start` keyframe
+        and end on the `end` one."""
+        from PIL import Image
+
+        family, chunk = self.spec.family, request.plan[index]
+        first, last = Image.fromarray(start[0]), Image.fromarray(end[0])
+
+        def output(req):
+            out = family.generate_between(self.pipeline, req, chunk, first, last, self._configure(req))
+            return to_uint8(fault_hook.strike("output", req.id, out))
+        return self._guarded(request, output)
+
     def stitch(self, request: RenderRequest, parts: list) -> tuple[np.ndarray, dict]:
         """The chunks blended into exactly num_frames uint8 frames, and the seam metrics of the result."""
         family = self.spec.family
-        if not family.stitches_latents(request):
+        if request.chunk_mode == KEYFRAMES:
+            blended = join_at_keyframes(request.plan, parts)
+        elif not family.stitches_latents(request):
             blended = stitch(request.plan, parts)
         else:
             latents = stitch(tuple(chunk.in_latents() for chunk in request.plan), parts)

@@ -67,6 +67,13 @@ class RenderActor:
         return output, self._info(start, request)
 
     @ray.method(num_returns=2)
+    def render_keyframe(self, request, index: int, anchor):
+        """One keyframe of a row rendered between keyframes: its one frame (kept in the object store) and info."""
+        start = time.perf_counter()
+        output = self._survive(self.model.render_keyframe, request, index, anchor)
+        return output, self._info(start, request)
+
+    @ray.method(num_returns=2)
     def stitch(self, request, *parts):
         """A long row's chunks blended (and decoded, for latents) into its frames; info with the seam metrics."""
         start = time.perf_counter()
@@ -115,6 +122,9 @@ class RayReplica:
 
     def submit(self, task: Task) -> Call:
         request = task.request
+        if task.keyframe is not None:
+            output, call = self.actor.render_keyframe.remote(request, task.keyframe, task.previous)
+            return Call(call, call, output)
         if not (task.whole_row or task.chunk == STITCH):
             output, call = self.actor.render_chunk.remote(request, task.chunk, task.previous, task.first)
             return Call(call, call, output)

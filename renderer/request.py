@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .catalog import ModelSpec, resolve_model
-from .chunks import CHAIN, Chunk, plan_chunks
+from .chunks import CHAIN, KEYFRAMES, Chunk, plan_chunks, plan_keyframe_windows
 from .errors import RowRejected
 from .inputs import check_image, check_video, input_identity, input_ref
 from .paths import video_relpath
@@ -146,7 +146,10 @@ def _chunking(num_frames: int, spec: ModelSpec, options: dict) -> tuple[str | No
         raise RowRejected("params.chunk_window", window, f"must be {layout.frame_rule()} for family "
                           f"{spec.family.name!r}{_nearest(layout.nearest_frames(window))}")
     mode = options.get("chunk_mode", spec.family.chunk_modes[0])
-    overlap = options.get("chunk_overlap", 1 if mode == CHAIN else window // 4)
+    if mode == KEYFRAMES and options.get("chunk_overlap", 1) != 1:
+        raise RowRejected("params.chunk_overlap", options["chunk_overlap"], "must be 1 (or left out) with keyframes: "
+                          "neighbouring windows share exactly their keyframe")
+    overlap = options.get("chunk_overlap", 1 if mode in (CHAIN, KEYFRAMES) else window // 4)
     if overlap >= window:
         raise RowRejected("params.chunk_overlap", overlap, f"must be smaller than the chunk window ({window} frames)")
     if mode == CHAIN and overlap < 1:
@@ -154,6 +157,8 @@ def _chunking(num_frames: int, spec: ModelSpec, options: dict) -> tuple[str | No
                           "of the previous one")
     if num_frames <= window or spec.family.single_call(options):
         return None, plan_chunks(num_frames, num_frames, 0, layout)
+    if mode == KEYFRAMES:
+        return mode, plan_keyframe_windows(num_frames, window, layout)
     return mode, plan_chunks(num_frames, window, overlap, layout)
 
 

@@ -136,3 +136,20 @@ def test_seam_metrics_see_a_jump_at_either_edge_of_an_overlap():
     jumped[16:] += 40  # the jump where the first chunk stops counting
     assert seam_metrics(video, chunks)["seams"][0] == pytest.approx(1.0)
     assert seam_metrics(jumped, chunks)["seams"][0] > 20
+
+
+def test_windows_between_keyframes_share_exactly_one_frame_and_their_keyframes_latent_frame():
+    from renderer.chunks import join_at_keyframes, keyframe_chunks, plan_keyframe_windows
+
+    ltx = LatentLayout(frame_axis=1, temporal=8, causal_first=True, spatial=32)
+    windows = plan_keyframe_windows(41, 17, ltx)
+    # the last window is as long as what is left: 9 frames, a valid 8k+1 count
+    assert [(c.start, c.end, c.latent_start, c.latent_end) for c in windows] == [(0, 17, 0, 3), (16, 33, 2, 5),
+                                                                                 (32, 41, 4, 6)]
+    assert [(k.start, k.latent_start) for k in keyframe_chunks(windows, ltx)] == [(0, 0), (16, 2), (32, 4), (40, 5)]
+    assert all(ltx.valid_frames(c.frames) for c in windows)
+    parts = [np.full((c.frames, 1), c.index) for c in windows]
+    joined = join_at_keyframes(windows, parts)
+    # 41 frames; a shared keyframe comes from the earlier window
+    assert len(joined) == 41 and joined[16, 0] == 0 and joined[17, 0] == 1 and joined[32, 0] == 1
+    assert [c.frames for c in plan_keyframe_windows(17, 17, ltx)] == [17]

@@ -1,7 +1,7 @@
 """The driver-side dispatcher, without Ray: a scripted executor decides each attempt's outcome."""
 from dataclasses import dataclass
 
-from renderer.chunks import plan_chunks
+from renderer.chunks import plan_chunks, plan_keyframe_windows
 from renderer.dispatch import CRASHED, ERROR, FAILED, OK, REJECTED, STITCH, Dispatcher, Outcome
 
 
@@ -16,6 +16,8 @@ def name(task) -> str:
     """A task's key in the script: the row id, or id#chunk / id#stitch for the tasks of a long row."""
     if task.whole_row:
         return task.request.id
+    if task.keyframe is not None:
+        return f"{task.request.id}#key{task.keyframe}"
     return f"{task.request.id}#{'stitch' if task.chunk == STITCH else task.chunk}"
 
 
@@ -188,3 +190,20 @@ class RestartingExecutor(ScriptedExecutor):
 def test_a_run_waits_for_a_restarting_worker_instead_of_dropping_the_rows_not_started():
     done, *_ = run({}, max_attempts=1, rows=["a", "b", "c"], executor=RestartingExecutor())
     assert done == {"a": (CRASHED, 1), "b": (OK, 1), "c": (OK, 1)}
+
+
+def test_a_row_between_keyframes_renders_its_first_keyframe_then_the_others_then_the_windows_then_the_stitch():
+    # 40 frames, windows of 16: keyframes on frames 0, 15, 30 and 39, windows [0,16), [15,31), [30,40)
+    row = Req("k", plan_keyframe_windows(40, 16), "keyframes")
+    executor = ScriptedExecutor(8, {"k#key2": [CRASHED, OK]})
+    done, _, infos, _ = run({}, rows=(row,), executor=executor)
+    assert done["k"] == (OK, 2)
+    assert executor.submitted == ["k#key0", "k#key1", "k#key2", "k#key3", "k#key2", "k#0", "k#1", "k#2", "k#stitch"]
+    tasks = {name(t): t for t in executor.tasks}
+    # the later keyframes start from the first; each window from its own two keyframes
+    assert {tasks[f"k#key{k}"].previous for k in (1, 2, 3)} == {"out:k#key0"}
+    assert [(tasks[f"k#{i}"].previous, tasks[f"k#{i}"].first) for i in range(3)] == [
+        ("out:k#key0", "out:k#key1"), ("out:k#key1", "out:k#key2"), ("out:k#key2", "out:k#key3")]
+    assert tasks["k#stitch"].parts == ("out:k#0", "out:k#1", "out:k#2")
+    # the seconds of every task's rendering attempt count: 4 keyframes, 3 windows and the stitch
+    assert infos["k"]["seconds"] == 8.0 and len(infos["k"]["chunk_actors"]) == 3

@@ -212,6 +212,17 @@ class Family(ABC):
             return out
         return np.moveaxis(out.float().cpu().numpy(), self.layout.frame_axis, 0)
 
+    # rows rendered between keyframes (chunk mode "keyframes"): only families that offer the mode implement these
+
+    def generate_keyframe(self, pipeline, request, keyframe, anchor, generator):
+        """One keyframe (`keyframe` is its one-frame Chunk: its frame and latent frame) as float frames: from the
+        prompt alone, or conditioned on the row's first keyframe `anchor` (a PIL image; None for the first)."""
+        raise NotImplementedError(f"family {self.name!r} renders no keyframes")
+
+    def generate_between(self, pipeline, request, chunk, first, last, generator):
+        """The frames of a window `chunk` that begins on keyframe `first` and ends on keyframe `last` (PIL images)."""
+        raise NotImplementedError(f"family {self.name!r} renders no windows between keyframes")
+
     def chunk_overrides(self, pipeline, request, chunk) -> dict:
         """Call arguments of a chunk: its slice of the noise bank, latent output when stitched as latents, and
         the row's prompt embeddings where the family encodes them once per row (`prompt_encoder`)."""

@@ -185,8 +185,9 @@ def chunk_params(modes: tuple[str, ...]) -> dict[str, Param]:
     """Renderer options of long rows (more frames than the window), for every family."""
     return {
         "chunk_mode": Param(str, "how the chunks of a long row are tied together: anchored (independent, in "
-                            "parallel on any actor) or chain (image-to-video: each chunk starts from the last)",
-                            choices=modes),
+                            "parallel on any actor), chain (image-to-video: each chunk starts from the last) or "
+                            "keyframes (keyframes a window apart first, then every window between two of them, "
+                            "all in parallel)", choices=modes),
         "chunk_window": Param(int, "frames per chunk (default: the model's native window)", minimum=2),
         "chunk_overlap": Param(int, "frames neighbouring chunks share, blended (default: a quarter of the window "
                                "when anchored, 1 when chained)", minimum=0),
