@@ -9,14 +9,18 @@ Modes (each in its own process, one after another on the same machine):
   default        `render run` with default options (and the guide's call arguments, e.g. SVD decode_chunk_size 8)
   bf16           default, in bfloat16
   compile        default, with --compile (the denoiser compiled at actor start)
-  cache          default, with the step cache (params step_cache=3, DeepCache); cacheN: interval N (2-10)
+  cache          default, with the step cache: on a UNet params step_cache=3 (DeepCache), on a diffusion
+                 transformer params cache = TaylorSeer with cache_interval 3 (diffusers' enable_cache);
+                 cacheN: interval N (2-10)
   compile+cache  both; compile+cacheN: with interval N
 Workloads: svd-xt (576x1024, 25 frames, 25 steps), animatediff (512x512, 16 frames, 25 steps), long (one
 AnimateDiff row of 64 frames: `render run` renders 5 anchored chunks; the bare loop uses diffusers' FreeNoise,
-the guide's way to make a video longer than the window in one call).
+the guide's way to make a video longer than the window in one call), wan (Wan 2.1 1.3B, 480x832, 81 frames,
+bfloat16). The bare loop runs in the family's half precision (float16 for the UNets, bfloat16 for the
+diffusion transformers) with the model's default guidance.
 
 Per mode: seconds per video in steady state (the gaps between successive videos finishing, the first video
-left out: it pays warm-up and compilation), videos/hour, frames/s, the denoiser's TFLOP/s (the UNet's FLOPs per
+left out: it pays warm-up and compilation), videos/hour, frames/s, the denoiser's TFLOP/s (its FLOPs per
 video, counted once by torch's FlopCounterMode on an uncached step, over the seconds per video), the share of
 the steady-state wall time the GPU was busy and the peak GPU memory (both sampled by nvidia-smi every 100 ms),
 the ratio to the bare loop, and for cached modes the PSNR of their frames against the uncached mode's (same
@@ -45,7 +49,10 @@ WORKLOADS = {  # name -> (family preset suffix, table columns, params of the gui
     "svd-xt": ("svd-xt", dict(num_frames=25, height=576, width=1024, fps=7), {"decode_chunk_size": 8}, 3),
     "animatediff": ("animatediff", dict(num_frames=16, height=512, width=512, fps=8), {}, 6),
     "long": ("animatediff", dict(num_frames=64, height=512, width=512, fps=8), {}, 2),
+    "wan": ("wan-1.3b", dict(num_frames=81, height=480, width=832, fps=16), {}, 3),
 }
+# workloads whose denoiser is a diffusion transformer: their cache is diffusers' (params.cache), not DeepCache
+TRANSFORMER_WORKLOADS = {"wan"}
 MODES = {  # name -> (LoadOptions, extra params per row)
     "default": ({}, {}),
     "bf16": ({"dtype": "bfloat16"}, {}),
@@ -56,13 +63,21 @@ MODES = {  # name -> (LoadOptions, extra params per row)
 CACHE_MODE = re.compile(r"(compile\+)?cache(\d*)")
 
 
-def mode_settings(mode: str) -> tuple[dict, dict]:
+def mode_settings(mode: str, workload: str) -> tuple[dict, dict]:
     """(LoadOptions fields, extra params per row) of a mode: one of MODES, or cacheN / compile+cacheN."""
     cached = CACHE_MODE.fullmatch(mode)
     if cached and cached[2]:
         options, _ = MODES[mode.removesuffix(cached[2])]
-        return options, {"step_cache": int(cached[2])}
-    return MODES[mode]
+        return options, cache_params(workload, int(cached[2]))
+    options, extra = MODES[mode]
+    return options, cache_params(workload, extra["step_cache"]) if extra else extra
+
+
+def cache_params(workload: str, interval: int) -> dict:
+    """The row params that cache 1 step of every `interval` on the workload's denoiser."""
+    if workload in TRANSFORMER_WORKLOADS:
+        return {"cache": {"kind": "taylorseer", "cache_interval": interval, "disable_cache_before_step": 3}}
+    return {"step_cache": interval}
 
 
 def uncached(mode: str) -> str | None:
@@ -102,7 +117,8 @@ def run_bare(workload: str, rows: list[dict], args, folder: Path) -> dict:
 
     spec = resolve_model(f"{args.preset}-{WORKLOADS[workload][0]}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = spec.family.build(spec.source, device, torch.float16 if device == "cuda" else torch.float32)
+    pipe = spec.family.build(spec.source, device, getattr(torch, spec.family.cuda_dtype) if device == "cuda"
+                             else torch.float32)
     pipe.set_progress_bar_config(disable=True)
     if workload == "long":  # FreeNoise: context windows of the model's 16 frames, stepping as the chunks do
         pipe.enable_free_noise(context_length=16, context_stride=12)
@@ -113,17 +129,18 @@ def run_bare(workload: str, rows: list[dict], args, folder: Path) -> dict:
         if workload == "svd-xt":
             kwargs.update(image=load_image(str(folder / row["image"])), fps=row["fps"])
         else:
-            kwargs.update(prompt=row["prompt"], guidance_scale=7.5)
+            kwargs.update(prompt=row["prompt"], guidance_scale=spec.defaults.guidance_scale)
         frames = pipe(**kwargs, generator=torch.manual_seed(row["seed"])).frames[0]
         export_to_video(frames, str(folder / f"{row['id']}.mp4"), fps=row["fps"])
         finished.append(time.time())
-    flops = unet_flops_per_step(pipe, workload, rows[0], folder)
+    flops = denoiser_flops_per_step(pipe, workload, rows[0], folder)
     return {"finished": finished, "videos": {r["id"]: str(folder / f"{r['id']}.mp4") for r in rows},
-            "unet_flops_per_step": flops}
+            "denoiser_flops_per_step": flops}
 
 
-def unet_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
-    """The UNet's FLOPs in one denoising step of this row (CFG batch included), by torch's flop counter."""
+def denoiser_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
+    """The denoiser's FLOPs in one denoising step of this row, by torch's flop counter: every call of the step
+    (one batched CFG call on a UNet, a conditional and an unconditional one on Wan)."""
     import torch
     from diffusers.utils import load_image
     from torch.utils.flop_counter import FlopCounterMode
@@ -146,14 +163,16 @@ def unet_flops_per_step(pipe, workload: str, row: dict, folder: Path) -> float:
     if workload == "svd-xt":
         kwargs.update(image=load_image(str(folder / row["image"])), fps=row["fps"])
     else:
-        kwargs.update(prompt=row["prompt"], num_frames=min(row["num_frames"], 16))  # one window: the per-step unit
+        # a long row's per-step unit is one window
+        frames = min(row["num_frames"], 16) if workload == "long" else row["num_frames"]
+        kwargs.update(prompt=row["prompt"], num_frames=frames)
     try:
         pipe(**kwargs, num_inference_steps=1, output_type="latent", generator=torch.manual_seed(0))
     finally:
         unet.forward = forward
     # a long row denoises one window per chunk (FreeNoise: per context window; the same 5 for these settings)
     windows = len(plan_chunks(row["num_frames"], 16, 4)) if workload == "long" else 1
-    return float(counts[0]) * windows
+    return float(sum(counts)) * windows
 
 
 def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path) -> dict:
@@ -165,7 +184,7 @@ def run_renderer(workload: str, mode: str, rows: list[dict], args, folder: Path)
     from renderer.options import LoadOptions
     from renderer.run import RunConfig, run
 
-    options, extra = mode_settings(mode)
+    options, extra = mode_settings(mode, workload)
     table_rows = [{**{k: v for k, v in r.items() if k != "params"}, "params": json.dumps({**r["params"], **extra})}
                   for r in rows]
     table = folder / f"{workload}.{mode}.parquet"
@@ -303,8 +322,8 @@ def measure(workload: str, mode: str, args, sampler: GpuSampler, report: dict) -
     result = json.loads((args.out / f"{workload}.{mode}.json").read_text())
     entry = summarise(workload, mode, result, rows, sampler)
     entry["videos_paths"] = result["videos"]
-    if "unet_flops_per_step" in result:
-        report.setdefault("unet_flops_per_step", {})[workload] = result["unet_flops_per_step"]
+    if "denoiser_flops_per_step" in result:
+        report.setdefault("denoiser_flops_per_step", {})[workload] = result["denoiser_flops_per_step"]
     results = [r for r in report["results"] if not (r["workload"] == workload and r["mode"] == mode)]
     report["results"] = results + [entry]
     complete(report, workload, args.steps)
@@ -314,7 +333,7 @@ def measure(workload: str, mode: str, args, sampler: GpuSampler, report: dict) -
 def complete(report: dict, workload: str, steps: int) -> None:
     """Ratios to the bare loop, TFLOP/s and the cached modes' PSNR, for the modes measured so far."""
     entries = {r["mode"]: r for r in report["results"] if r["workload"] == workload and "error" not in r}
-    flops = report.get("unet_flops_per_step", {}).get(workload)
+    flops = report.get("denoiser_flops_per_step", {}).get(workload)
     for mode, entry in entries.items():
         if "bare" in entries:
             entry["vs_bare"] = entries["bare"]["s_per_video"] / entry["s_per_video"]
