@@ -68,6 +68,12 @@ class Model:
             return to_uint8(fault_hook.strike("output", req.id, out))
         return self._guarded(request, frames)
 
+    def window_seams(self, request: RenderRequest, frames: np.ndarray) -> dict:
+        """The seam metrics of a whole row whose one call renders windows in turn (see Family.call_windows), as a
+        stitched row records its chunks'; none for a plain call."""
+        windows = self.spec.family.call_windows(request)
+        return seam_metrics(frames, windows) if len(windows) > 1 else {}
+
     def render_chunk(self, request: RenderRequest, index: int, previous=None, first=None) -> np.ndarray:
         """One chunk of a long row: uint8 frames, or float32 latents (frames first) where the family stitches
         latents. Chained chunks get the previous chunk's frames (this chunk starts from its frame at this

@@ -54,10 +54,11 @@ class RenderActor:
 
     @ray.method(num_returns=2)
     def render(self, request):
-        """A whole row: its frames and what the record says of the render."""
+        """A whole row: its frames and what the record says of the render (with the seam metrics of the windows
+        where one call renders several)."""
         start = time.perf_counter()
         frames = self._survive(self.model.render_whole, request)
-        return frames, self._info(start, request)
+        return frames, {**self._info(start, request), **self.model.window_seams(request, frames)}
 
     @ray.method(num_returns=2)
     def render_chunk(self, request, index: int, previous, first):

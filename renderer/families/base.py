@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import denoiser
-from ..chunks import ANCHORED, FRAME_LAYOUT, LatentLayout
+from ..chunks import ANCHORED, FRAME_LAYOUT, Chunk, LatentLayout
 from .params import MEMORY_PARAMS, SCHEDULERS, STEP_CACHE, Param, cache_param, chunk_params
 from .pipeline_state import frame_noise, set_vae_float32
 from .prompts import prompt_embeds_once
@@ -132,6 +132,11 @@ class Family(ABC):
     def single_call(self, options: dict) -> bool:
         """Whether a row longer than the window still renders in one pipeline call (a long-video mode of its own)."""
         return False
+
+    def call_windows(self, request) -> tuple[Chunk, ...]:
+        """The chunks (video and latent spans) of the windows one call renders in turn where a long row renders in a
+        single call (`single_call`), for the row's seam metrics; the row's one chunk otherwise."""
+        return request.plan
 
     def model_defaults(self, request) -> Defaults:
         """The defaults of the model a request names: a tiny preset's, or the published model's."""
