@@ -14,6 +14,7 @@ from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
 from .wan import WAN, WAN_1_3B_PRESET, WAN_14B
+from .wan_i2v import WAN_I2V, WAN_I2V_480P, WAN_I2V_720P, WAN_I2V_FLF2V
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     ANIMATEDIFF,
@@ -28,12 +29,16 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    WAN_I2V,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    WAN_I2V_480P,
+    WAN_I2V_720P,
+    WAN_I2V_FLF2V,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
