@@ -159,10 +159,10 @@ class Model:
         if "video" in family.required:
             return
         row = {"id": "warm-up", "num_inference_steps": 2, "prompt": "warm-up" if "prompt" in family.required else None}
-        if "image" in family.required:
-            png = io.BytesIO()
-            Image.new("RGB", (self.spec.defaults.width, self.spec.defaults.height), (128, 110, 90)).save(png, "PNG")
-            row["image"] = png.getvalue()
+        png = io.BytesIO()
+        Image.new("RGB", (self.spec.defaults.width, self.spec.defaults.height), (128, 110, 90)).save(png, "PNG")
+        # a first-and-last-frame model needs both ends
+        row.update({column: png.getvalue() for column in ("image", "last_image") if column in family.required})
         try:
             self.render_whole(to_request(row, default_model=self.spec.name))
         except BadOutput:

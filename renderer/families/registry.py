@@ -15,6 +15,7 @@ from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
 from .wan import WAN, WAN_1_3B_PRESET, WAN_14B
+from .wan_i2v import WAN_I2V, WAN_I2V_480P, WAN_I2V_720P, WAN_I2V_FLF2V
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     ANIMATEDIFF,
@@ -29,6 +30,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    WAN_I2V,
     SKYREELS_DF,
 )}
 
@@ -36,6 +38,9 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    WAN_I2V_480P,
+    WAN_I2V_720P,
+    WAN_I2V_FLF2V,
     SKYREELS_DF_1_3B,
     DF_14B_540P,
     DF_14B_720P,
