@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .animatediff import ANIMATEDIFF
 from .base import Family
+from .cogvideox import COGVIDEOX, COGVIDEOX_1_5, COGVIDEOX_2B, COGVIDEOX_I2V
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
 from .image_text import I2VGEN_XL, PIA_FAMILY
 from .svd import SVD, SVD_XT
@@ -28,12 +29,16 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    COGVIDEOX,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    COGVIDEOX_2B,
+    COGVIDEOX_I2V,
+    COGVIDEOX_1_5,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
