@@ -15,6 +15,9 @@ SCHEDULERS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
+    # CogVideoX's own: DDIM and a DPM-Solver on its SNR-shifted v-prediction schedule
+    "cogvideox_ddim": "CogVideoXDDIMScheduler",
+    "cogvideox_dpm": "CogVideoXDPMScheduler",
 }
 
 

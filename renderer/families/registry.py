@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .animatediff import ANIMATEDIFF
 from .base import Family
+from .cogvideox import COGVIDEOX, COGVIDEOX_1_5, COGVIDEOX_2B, COGVIDEOX_I2V
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
 from .image_text import I2VGEN_XL, PIA_FAMILY
 from .skyreels import DF_14B_540P, DF_14B_720P, SKYREELS_DF, SKYREELS_DF_1_3B
@@ -32,6 +33,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     WAN,
     WAN_I2V,
     SKYREELS_DF,
+    COGVIDEOX,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
@@ -44,6 +46,9 @@ VARIANTS: tuple[Family, ...] = (
     SKYREELS_DF_1_3B,
     DF_14B_540P,
     DF_14B_720P,
+    COGVIDEOX_2B,
+    COGVIDEOX_I2V,
+    COGVIDEOX_1_5,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
