@@ -9,6 +9,7 @@ from __future__ import annotations
 from .animatediff import ANIMATEDIFF
 from .base import Family
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
+from .hunyuanvideo import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .image_text import I2VGEN_XL, PIA_FAMILY
 from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
@@ -28,12 +29,14 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    HUNYUANVIDEO,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    HUNYUANVIDEO_I2V,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
