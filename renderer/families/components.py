@@ -222,3 +222,45 @@ def sd15_unet(size: str, in_channels: int = 4):
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     return UNet2DConditionModel(sample_size=64, in_channels=in_channels, out_channels=4, cross_attention_dim=768,
                                 attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+
+
+def llama_tokenizer(model_max_length: int = 4096):
+    """A working Llama tokenizer (355 tokens: the specials, 256 byte pieces, printable ASCII, the word-start mark):
+    a BPE without merges and with byte fallback, so any UTF-8 text encodes, nothing is fetched. Padded on the
+    right, as HunyuanVideo's template prefix is cropped from the left of the encoded sequence."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "\u2581": 4}
+    vocab.update({f"<0x{b:02X}>": len(vocab) + b for b in range(256)})
+    vocab.update({chr(c): len(vocab) + i for i, c in enumerate(range(33, 127))})
+    # an argument, not an attribute set afterwards: only the arguments are saved with a checkpoint
+    return LlamaTokenizer(vocab=vocab, merges=[], pad_token="<pad>", padding_side="right",
+                          model_max_length=model_max_length)
+
+
+# llava-llama-3-8b's language model (HunyuanVideo's text tower), as its published config.json has it
+LLAVA_LLAMA3_8B = dict(vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
+                       max_position_embeddings=8192)
+
+
+def llama_config(size: str, tokenizer):
+    """A Llama text tower's config: tiny (hidden 16; three layers, so the hidden state two below the last, which
+    HunyuanVideo reads, has passed through one), or llava-llama-3-8b's ('random')."""
+    from transformers import LlamaConfig
+
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    if size == "tiny":
+        return LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, hidden_act="gelu", **ids)
+    if size == "random":
+        return LlamaConfig(**LLAVA_LLAMA3_8B, **ids)
+    raise ValueError(f"size={size!r}: must be 'tiny' or 'random'")
+
+
+def llama_text_encoder(size: str, tokenizer):
+    """A Llama text tower (LlamaModel) in eval mode, of `llama_config`'s size, with random weights."""
+    from transformers import LlamaModel
+
+    return LlamaModel(llama_config(size, tokenizer)).eval()

@@ -10,6 +10,7 @@ from .animatediff import ANIMATEDIFF
 from .base import Family
 from .cogvideox import COGVIDEOX, COGVIDEOX_1_5, COGVIDEOX_2B, COGVIDEOX_I2V
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
+from .hunyuanvideo import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .image_text import I2VGEN_XL, PIA_FAMILY
 from .skyreels import DF_14B_540P, DF_14B_720P, SKYREELS_DF, SKYREELS_DF_1_3B
 from .svd import SVD, SVD_XT
@@ -34,6 +35,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     WAN_I2V,
     SKYREELS_DF,
     COGVIDEOX,
+    HUNYUANVIDEO,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
@@ -49,6 +51,7 @@ VARIANTS: tuple[Family, ...] = (
     COGVIDEOX_2B,
     COGVIDEOX_I2V,
     COGVIDEOX_1_5,
+    HUNYUANVIDEO_I2V,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
