@@ -100,7 +100,6 @@ class CogVideoX(Family):
     def check_request(self, request):
         self.check_positions(request)
         check_guided_knobs(request)
-        check_taylorseer(request)
 
     def check_positions(self, request) -> None:
         """Sizes and frame counts the transformer's positional embeddings cannot take: diffusers refuses another
@@ -175,16 +174,6 @@ def check_guided_knobs(request) -> None:
                           "): FasterCache splits the unconditional half off the batched guidance pass")
 
 
-def check_taylorseer(request) -> None:
-    """TaylorSeer's default modules are found by names ending in "attn" (Flux's blocks' attention): CogVideoX's is
-    named attn1, so only the lite mode (which extrapolates proj_out's output) caches anything."""
-    cache = request.options.get("cache")
-    if cache and cache["kind"] == "taylorseer" and not cache.get("use_lite_mode"):
-        raise RowRejected("params.cache.use_lite_mode", cache.get("use_lite_mode"), "must be true on CogVideoX: "
-                          "TaylorSeer's default patterns ('transformer_blocks.*attn') match none of its modules (its "
-                          "attention is attn1), so the cache would do nothing")
-
-
 def variant_of(class_name: str, config: dict) -> CogVideoX:
     """The variant a checkpoint is, by its transformer's config and the pipeline class it was saved as (an
     image-to-video CogVideoX 1.5 is the 1.5 variant taking an image)."""
@@ -231,6 +220,8 @@ COGVIDEOX = CogVideoX(
     layout=OddLatentLayout(frame_axis=0, temporal=4, causal_first=True, spatial=8, patch=2),
     prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling", "vae_float32"),
     cuda_dtype="bfloat16", caches=("first_block", "taylorseer", "mag", "pab", "faster"),
+    # TaylorSeer's default patterns name modules ending in "attn"; CogVideoX's attention is attn1
+    cache_defaults={"taylorseer": {"cache_identifiers": [r"^transformer_blocks\.\d+\.(attn1|ff)$"]}},
 )
 # CogVideoX-2B: sincos positions, published and run in float16
 COGVIDEOX_2B = COGVIDEOX.with_variant("2b", arguments=FIXED_TEXT, cuda_dtype="float16")

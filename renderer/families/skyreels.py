@@ -16,7 +16,7 @@ from ..errors import RowRejected
 from .base import Defaults, Family
 from .components import scheduler, t5_tokenizer, umt5_encoder
 from .params import Param
-from .wan import WAN_1_3B, WAN_14B_CONFIG, WAN_TINY, WAN_VAE_TINY
+from .wan import WAN_1_3B, WAN_14B_CONFIG, WAN_CACHE_DEFAULTS, WAN_TINY, WAN_VAE_TINY
 
 # Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers transformer/config.json: Wan 1.3B's dimensions, plus the frame-rate
 # embedding (inject_sample_info), which the 14B checkpoints lack; the tiny transformer has it too, so a row's fps
@@ -112,11 +112,6 @@ class SkyReelsDF(Family):
                                   "params.overlap_history")
         self._check_windows(request)
         self._check_blocks(request)
-        cache = request.options.get("cache")
-        if cache is not None and cache["kind"] == "taylorseer" and not cache.get("use_lite_mode"):
-            raise RowRejected("params.cache.use_lite_mode", cache.get("use_lite_mode"), "must be true for TaylorSeer "
-                              "on this family: diffusers' default TaylorSeer patterns (^blocks.*attn) match none of "
-                              "its modules (blocks.N.attn1/attn2), so nothing would be cached")
 
     def _check_windows(self, request):
         """base_num_frames and overlap_history: 4k+1 frames, and an overlap required by (and shorter than) a window
@@ -206,7 +201,7 @@ SKYREELS_DF = SkyReelsDF(
                  "Skywork/SkyReels-V2-DF-14B-720P-Diffusers"),
     memory_options=("vae_slicing", "vae_tiling"),
     # the only diffusers cache its blocks take (the others need registered blocks or one timestep per call)
-    caches=("taylorseer",),
+    caches=("taylorseer",), cache_defaults=WAN_CACHE_DEFAULTS,
 )
 # the published sizes by name: random-skyreels-v2-df-1.3b is random-skyreels-v2-df
 SKYREELS_DF_1_3B = SKYREELS_DF.with_variant("1.3b")

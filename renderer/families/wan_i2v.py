@@ -90,7 +90,6 @@ class WanI2V(Wan):
 
     def check_request(self, request):
         self._check_frames_conditioned(request)
-        check_taylorseer_applies(request.options.get("cache"))
         self._check_text_tokens(request)
 
     def _check_frames_conditioned(self, request) -> None:
@@ -120,12 +119,6 @@ class WanI2V(Wan):
         return kwargs
 
 
-def check_taylorseer_applies(cache: dict | None) -> None:
-    """TaylorSeer on a Wan transformer hooks nothing unless in lite mode (its output projection and blocks)."""
-    if cache and cache["kind"] == "taylorseer" and not cache.get("use_lite_mode"):
-        raise RowRejected("params.cache.use_lite_mode", cache.get("use_lite_mode"), "must be true for Wan's "
-                          "transformer: diffusers' default TaylorSeer patterns ('^blocks.*attn', matched whole) "
-                          "name none of its modules (attn1, attn2), so the cache would do nothing")
 
 
 def _model_source(request) -> str:
@@ -160,7 +153,7 @@ WAN_I2V = WanI2V(
     name="wan-i2v", pipeline_class="WanImageToVideoPipeline", inputs=("prompt", "image", "last_image"),
     required=("prompt", "image"), window=81, defaults=I2V_480P, tiny_defaults=WAN.tiny_defaults,
     arguments=ARGUMENTS, layout=WAN.layout, prompt_encoder=WAN.prompt_encoder, memory_options=WAN.memory_options,
-    cuda_dtype="bfloat16", caches=WAN.caches, flow_shift="flow_shift",
+    cuda_dtype="bfloat16", caches=WAN.caches, cache_defaults=WAN.cache_defaults, flow_shift="flow_shift",
     # anchored chunks would all start from the row's first image: each chunk starts from the last one's frame
     chunk_modes=(CHAIN,),
     checkpoints=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
