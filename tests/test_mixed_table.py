@@ -18,8 +18,9 @@ def test_every_family_in_one_run(ray_session, tmp_path, image_file):
     write_mp4(moving, tmp_path / "control.mp4", 4)
     rows = []
     for name, family in FAMILIES.items():
-        # 4 frames, or 5 where a family's latents hold 4 frames after a lone first one (4k+1)
-        count = 4 if family.layout.valid_frames(4) else 5
+        # 4 frames, or the next count a family renders: 5 (4k+1) or 9 (8k+1) where its latents hold 4 or 8 frames
+        # after a lone first one
+        count = next(n for n in range(4, 4 + family.layout.temporal + 1) if family.layout.valid_frames(n))
         row = {"id": f"row-{name}", "model": f"tiny-{name}", "num_frames": count, "height": 64, "width": 64,
                "num_inference_steps": 2}
         if "prompt" in family.required:
@@ -37,5 +38,5 @@ def test_every_family_in_one_run(ray_session, tmp_path, image_file):
         record = records[f"row-{name}"]
         assert record["status"] == "ok" and record["family"] == name, record
         frames, fps = read_mp4(out / record["video_path"])
-        assert frames.shape == (record["num_frames"], 64, 64, 3) and record["num_frames"] in (4, 5)
+        assert frames.shape == (record["num_frames"], 64, 64, 3) and record["num_frames"] in (4, 5, 9)
         assert fps == record["fps"]

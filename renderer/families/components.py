@@ -130,6 +130,27 @@ def umt5_encoder(size: str, tokenizer):
     return UMT5EncoderModel(config).eval()
 
 
+
+# T5-v1.1-XXL's encoder (LTX-Video, CogVideoX), as google/t5-v1_1-xxl's config.json has it
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+
+
+def t5_encoder(size: str, tokenizer):
+    """A T5 text encoder in eval mode (its dropout would make runs differ): tiny (d_model 32, the shape of
+    diffusers' test encoder), or T5-v1.1-XXL's encoder with random weights ('random')."""
+    from transformers import T5Config, T5EncoderModel
+
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if size == "tiny":
+        config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                          relative_attention_num_buckets=8, **ids)
+    elif size == "random":
+        config = T5Config(**T5_XXL, **ids)
+    else:
+        raise ValueError(f"size={size!r}: must be 'tiny' or 'random'")
+    return T5EncoderModel(config).eval()
+
 # full-size CLIP text encoders of the published checkpoints
 TEXT_TOWERS = {
     # SD1.5, SDXL's first

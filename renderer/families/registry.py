@@ -10,6 +10,7 @@ from .animatediff import ANIMATEDIFF
 from .base import Family
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
 from .image_text import I2VGEN_XL, PIA_FAMILY
+from .ltx import LTX, LTX_2B, LTX_13B
 from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
@@ -28,12 +29,15 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    LTX,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    LTX_2B,
+    LTX_13B,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
