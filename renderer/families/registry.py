@@ -12,6 +12,7 @@ from .cogvideox import COGVIDEOX, COGVIDEOX_1_5, COGVIDEOX_2B, COGVIDEOX_I2V
 from .cross_frame import CONTROLNET_VIDEO, PIX2PIX_VIDEO
 from .hunyuanvideo import HUNYUANVIDEO, HUNYUANVIDEO_I2V
 from .image_text import I2VGEN_XL, PIA_FAMILY
+from .ltx import LTX, LTX_2B, LTX_13B
 from .skyreels import DF_14B_540P, DF_14B_720P, SKYREELS_DF, SKYREELS_DF_1_3B
 from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
@@ -36,6 +37,7 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     SKYREELS_DF,
     COGVIDEOX,
     HUNYUANVIDEO,
+    LTX,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
@@ -52,6 +54,8 @@ VARIANTS: tuple[Family, ...] = (
     COGVIDEOX_I2V,
     COGVIDEOX_1_5,
     HUNYUANVIDEO_I2V,
+    LTX_2B,
+    LTX_13B,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
