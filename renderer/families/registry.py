@@ -14,6 +14,7 @@ from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
 from .wan import WAN, WAN_1_3B_PRESET, WAN_14B
+from .wan22 import WAN22, WAN22_I2V, WAN22_TI2V
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
     ANIMATEDIFF,
@@ -28,12 +29,15 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     ZEROSCOPE,
     MODELSCOPE,
     WAN,
+    WAN22,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
 VARIANTS: tuple[Family, ...] = (
     WAN_1_3B_PRESET,
     WAN_14B,
+    WAN22_I2V,
+    WAN22_TI2V,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds
