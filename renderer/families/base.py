@@ -298,9 +298,13 @@ class Family(ABC):
         if self.step_cache:
             denoiser.set_step_cache(pipeline, options.get("step_cache"))
         if self.caches:
-            cache = options.get("cache")
-            if cache is not None:
-                cache = {**self.cache_defaults.get(cache["kind"], {}), **cache}
-            denoiser.set_cache(pipeline, cache, request.num_inference_steps, self.layout.frame_axis)
+            # the pipeline that runs the call: the cache's timestep callbacks read its current timestep
+            denoiser.set_cache(self.pipeline_for(pipeline, request), self.row_cache(request),
+                               request.num_inference_steps, self.layout.frame_axis)
+
+    def row_cache(self, request) -> dict | None:
+        """The row's `params.cache` over the family's defaults for its kind (None: uncached)."""
+        cache = request.options.get("cache")
+        return None if cache is None else {**self.cache_defaults.get(cache["kind"], {}), **cache}
 
 

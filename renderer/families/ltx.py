@@ -190,16 +190,13 @@ class LTXVideo(Family):
         return out
 
     def set_cache(self, runner, request):
-        """The row's transformer cache applied afresh for the pipeline that runs the call (`configure` applied it
-        for the loaded one): PAB reads the current timestep from that pipeline. TaylorSeer in full mode hooks
-        LTX's attention modules, which its default identifiers (`...attn`, matched whole) miss."""
+        """The row's transformer cache applied afresh for the pipeline that runs the call, which a keyframe call
+        picks apart from `pipeline_for`: PAB reads the current timestep from that pipeline."""
         from ..transformer_cache import cache_config, set_transformer_cache
 
-        cache, config = request.options.get("cache"), None
-        if cache is not None:
-            config = cache_config(runner, cache, request.num_inference_steps, self.layout.frame_axis)
-            if cache["kind"] == "taylorseer" and not cache.get("use_lite_mode"):
-                config.cache_identifiers = [LTX_ATTENTION]
+        cache = self.row_cache(request)
+        config = None if cache is None else cache_config(runner, cache, request.num_inference_steps,
+                                                         self.layout.frame_axis)
         set_transformer_cache(runner.transformer, config)
 
     @staticmethod
@@ -321,6 +318,8 @@ LTX = LTXVideo(
     prompt_encoder=ltx_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
     # FasterCache fails on the packed latents
     caches=("first_block", "taylorseer", "mag", "pab"), flow_shift="shift",
+    # TaylorSeer's default patterns name modules ending in "attn"; LTX's attention is attn1/attn2
+    cache_defaults={"taylorseer": {"cache_identifiers": [LTX_ATTENTION]}},
 )
 # the published sizes by name: random-ltx-2b is random-ltx; 0.9.7/0.9.8 13B
 LTX_2B = LTX.with_variant("2b")

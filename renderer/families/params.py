@@ -137,7 +137,8 @@ CACHE_KINDS: dict[str, Mapping[str, Param]] = {
     },
     "taylorseer": {
         "cache_interval": Param(int, "steps between full computations", minimum=1),
-        "disable_cache_before_step": Param(int, "steps computed in full at the start", minimum=0),
+        # diffusers extrapolates from the steps computed so far: with none computed first, the call fails
+        "disable_cache_before_step": Param(int, "steps computed in full at the start (at least 1)", minimum=1),
         "disable_cache_after_step": Param(int, "steps from which every step is computed in full", minimum=0),
         "max_order": Param(int, "order of the Taylor extrapolation", minimum=0, maximum=4),
         "use_lite_mode": Param(bool, "extrapolate the blocks' outputs only"),

@@ -18,6 +18,7 @@ from .svd import SVD, SVD_XT
 from .text2video_zero import T2V_ZERO, T2V_ZERO_SDXL
 from .text_to_video_sd import MODELSCOPE, ZEROSCOPE
 from .wan import WAN, WAN_1_3B_PRESET, WAN_14B
+from .wan22 import WAN22, WAN22_I2V, WAN22_TI2V
 from .wan_i2v import WAN_I2V, WAN_I2V_480P, WAN_I2V_720P, WAN_I2V_FLF2V
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -34,10 +35,11 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     MODELSCOPE,
     WAN,
     WAN_I2V,
-    SKYREELS_DF,
+    WAN22,
+    LTX,
     COGVIDEOX,
     HUNYUANVIDEO,
-    LTX,
+    SKYREELS_DF,
 )}
 
 # every family's variants beside its first: presets SIZE-FAMILY-VARIANT
@@ -47,15 +49,17 @@ VARIANTS: tuple[Family, ...] = (
     WAN_I2V_480P,
     WAN_I2V_720P,
     WAN_I2V_FLF2V,
-    SKYREELS_DF_1_3B,
-    DF_14B_540P,
-    DF_14B_720P,
+    WAN22_I2V,
+    WAN22_TI2V,
+    LTX_2B,
+    LTX_13B,
     COGVIDEOX_2B,
     COGVIDEOX_I2V,
     COGVIDEOX_1_5,
     HUNYUANVIDEO_I2V,
-    LTX_2B,
-    LTX_13B,
+    SKYREELS_DF_1_3B,
+    DF_14B_540P,
+    DF_14B_720P,
 )
 
 # a preset's name less its size (`wan`, `wan-14b`) -> the family variant it builds

@@ -20,8 +20,24 @@ WAN_VAE_TINY = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=
                     temperal_downsample=[False, True, True])
 
 
+def names_component(entry) -> bool:
+    """Whether a model_index.json entry names a component (an absent one and [null, null] do not)."""
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
+
+
+def wan22_checkpoint(index: dict) -> bool:
+    """Whether a Wan checkpoint's model_index.json is Wan 2.2's: a second (low-noise) expert, the boundary between
+    the experts, or TI2V-5B's per-token timesteps."""
+    return (names_component(index.get("transformer_2")) or index.get("boundary_ratio") is not None
+            or bool(index.get("expand_timesteps")))
+
+
 @dataclass(frozen=True)
 class Wan(Family):
+    def claims(self, index):
+        # Wan 2.2's checkpoints are WanPipelines too: the wan2.2 family loads them
+        return super().claims(index) and not wan22_checkpoint(index)
+
     def components(self, size):
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
