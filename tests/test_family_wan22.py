@@ -271,7 +271,9 @@ def test_magcache_gives_each_expert_its_share_of_the_steps_and_taylorseer_hooks_
         ratios[2:])
     model._configure(to_request({**ROW, "params": '{"cache": {"kind": "taylorseer"}}'}, default_model=T2V))
     for name in calls:
-        assert hooked(getattr(model.pipeline, name)) == [f"blocks.{b}.attn{a}" for b in (0, 1) for a in (1, 2)]
+        # the family's patterns: the attention and feed-forward layers of every block
+        assert hooked(getattr(model.pipeline, name)) == [f"blocks.{b}.{layer}" for b in (0, 1)
+                                                         for layer in ("attn1", "attn2", "ffn")]
     model._configure(to_request(ROW, default_model=T2V))
 
 

@@ -155,10 +155,10 @@ def high_noise_steps(pipeline, steps: int) -> int:
 def expert_caches(pipeline, cache: dict, steps: int, frame_axis: int | None) -> None:
     """The row's cache on each expert, where the same config on both would be wrong.
 
-    TaylorSeer's step options count each expert's own steps. MagCache counts the steps its transformer takes and reads one magnitude ratio per step: each
-    expert takes only its share of the call's steps, so each gets its share's count and its slice of the row's
-    ratios (given for the whole call, high-noise steps first); calibrating logs each expert's ratios at the end
-    of its share."""
+    TaylorSeer's step options count each expert's own steps. MagCache counts the steps its transformer takes and
+    reads one magnitude ratio per step: each expert takes only its share of the call's steps, so each gets its
+    share's count and its slice of the row's ratios (given for the whole call, high-noise steps first);
+    calibrating logs each expert's ratios at the end of its share."""
     from ..transformer_cache import cache_config, set_transformer_cache
 
     high = high_noise_steps(pipeline, steps)
