@@ -102,15 +102,17 @@ class Model:
 
     def render_keyframe(self, request: RenderRequest, index: int, anchor=None) -> np.ndarray:
         """Keyframe `index` of a row rendered between keyframes, as uint8 frames (1, height, width, 3): the
-        first is the row's own image where it has one, else one rendered frame; every other one is rendered
-        conditioned on the first (`anchor`)."""
+        first is the row's own image where it has one, else one rendered frame; the last is the row's last_image
+        where it has one; every other one is rendered conditioned on the first (`anchor`)."""
         from PIL import Image
 
-        if index == 0 and request.image is not None:
-            image = load_image(request.image).resize((request.width, request.height), Image.Resampling.LANCZOS)
-            return np.asarray(image)[None]
         family = self.spec.family
-        keyframe = keyframe_chunks(request.plan, family.layout)[index]
+        keyframes = keyframe_chunks(request.plan, family.layout)
+        given = {0: ("image", request.image), len(keyframes) - 1: ("last_image", request.last_image)}.get(index)
+        if given is not None and given[1] is not None:
+            image = load_image(given[1], given[0]).resize((request.width, request.height), Image.Resampling.LANCZOS)
+            return np.asarray(image)[None]
+        keyframe = keyframes[index]
         first = None if anchor is None else Image.fromarray(anchor[0])
 
         def output(req):

@@ -11,12 +11,12 @@ import inspect
 import weakref
 from dataclasses import dataclass, replace
 
-from ..chunks import LatentLayout
+from ..chunks import ANCHORED, KEYFRAMES as KEYFRAME_MODE, LatentLayout
 from ..errors import RowRejected
 from .base import Defaults, Family
 from .components import scheduler, t5_encoder, t5_tokenizer
 from .params import Param
-from .pipeline_state import frame_noise
+from .pipeline_state import frame_noise, keyed_seed
 
 TEXT, IMAGE, KEYFRAMES = "LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"
 # the tokenizer length of the published checkpoints
@@ -83,15 +83,17 @@ class LTXVideo(Family):
         return LTX_13B if read_config("transformer").get("num_layers") == LTX_13B_CONFIG["num_layers"] else self
 
     def check_request(self, request):
-        keyframed = request.last_image is not None
+        between_keyframes = request.chunk_mode == KEYFRAME_MODE
+        keyframed = request.last_image is not None or between_keyframes
         for key in KEYFRAME_ARGUMENTS:
             if key in request.arguments and not keyframed:
                 raise RowRejected(f"params.{key}", request.arguments[key], "applies to keyframe rows only (a row "
-                                  "with a last_image, rendered by LTXConditionPipeline)")
-        if keyframed and len(request.plan) > 1:
+                                  "with a last_image or rendered between keyframes, by LTXConditionPipeline)")
+        if request.last_image is not None and len(request.plan) > 1 and not between_keyframes:
             raise RowRejected("num_frames", request.num_frames, f"must fit one window ({request.plan[0].frames} "
-                              "frames, params.chunk_window) for a row with a last_image: its keyframes pin one "
-                              "window's first and last frames")
+                              "frames, params.chunk_window) for a row with a last_image, unless rendered between "
+                              'keyframes (params.chunk_mode "keyframes"): its keyframes pin one window\'s first and '
+                              "last frames")
         self._check_schedule(request)
 
     @staticmethod
@@ -171,6 +173,24 @@ class LTXVideo(Family):
         kwargs = {**self.call_kwargs(request), "conditions": self.keyframes(request, first, last),
                   "output_type": "pt", **overrides}
         return self._call(runner, request, kwargs, generator)
+
+    def generate_keyframe(self, pipeline, request, keyframe, anchor, generator):
+        """The first keyframe from the text alone (a one-frame LTXPipeline call); every other one the last frame
+        of the shortest window LTXConditionPipeline renders from the first keyframe (one latent frame on), each
+        from noise of its own."""
+        generator.manual_seed(keyed_seed(request.seed, f"keyframe {keyframe.index}"))
+        text = replace(request, image=None, last_image=None, num_frames=1)
+        if anchor is None:
+            return self.generate(pipeline, text, None, None, generator)
+        hop = replace(text, num_frames=self.layout.temporal + 1)
+        return self.keyframe_window(pipeline, hop, anchor, None, generator)[-1:]
+
+    def generate_between(self, pipeline, request, chunk, first, last, generator):
+        """A window pinned to its two keyframes by LTXConditionPipeline, from noise of its own (the condition
+        pipeline draws its noise from the generator alone)."""
+        generator.manual_seed(keyed_seed(request.seed, f"window {chunk.index}"))
+        window = replace(request, image=None, last_image=None, num_frames=chunk.frames)
+        return self.keyframe_window(pipeline, window, first, last, generator)
 
     def _call(self, runner, request, kwargs, generator):
         self.set_cache(runner, request)
@@ -315,6 +335,7 @@ LTX = LTXVideo(
                  "Lightricks/LTX-Video-0.9.7-dev (13b)"),
     # (C, F, H, W) latents once unpacked: frame 0 alone, then 8 frames per latent frame; 32x VAE, 1x1 patches
     layout=LatentLayout(frame_axis=1, temporal=8, causal_first=True, spatial=32, patch=1),
+    chunk_modes=(ANCHORED, KEYFRAME_MODE),
     prompt_encoder=ltx_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
     # FasterCache fails on the packed latents
     caches=("first_block", "taylorseer", "mag", "pab"), flow_shift="shift",

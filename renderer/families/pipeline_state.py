@@ -19,6 +19,15 @@ def frame_noise(seed: int, frames, shape: tuple):
     return torch.stack(out)
 
 
+def keyed_seed(seed: int, key: str) -> int:
+    """A seed of its own for one part of a row (a keyframe, a window), the same on any actor: where a pipeline
+    draws its noise from the generator alone, parts of one row must not share the row's seed."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
 def set_vae_float32(vae, dtype, on: bool) -> None:
     """The VAE in float32 (`on`) or back in the pipeline's `dtype`. In float32 its inputs are cast on the way
     in, since the pipelines hand it latents in the denoiser's dtype."""
