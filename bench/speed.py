@@ -16,7 +16,7 @@ Modes (each in its own process, one after another on the same machine):
 Workloads: svd-xt (576x1024, 25 frames, 25 steps), animatediff (512x512, 16 frames, 25 steps), long (one
 AnimateDiff row of 64 frames: `render run` renders 5 anchored chunks; the bare loop uses diffusers' FreeNoise,
 the guide's way to make a video longer than the window in one call), wan (Wan 2.1 1.3B, 480x832, 81 frames,
-bfloat16). The bare loop runs in the family's half precision (float16 for the UNets, bfloat16 for the
+bfloat16), ltx (LTX-Video 2B, 512x704, 161 frames, bfloat16). The bare loop runs in the family's half precision (float16 for the UNets, bfloat16 for the
 diffusion transformers) with the model's default guidance.
 
 Per mode: seconds per video in steady state (the gaps between successive videos finishing, the first video
@@ -50,9 +50,10 @@ WORKLOADS = {  # name -> (family preset suffix, table columns, params of the gui
     "animatediff": ("animatediff", dict(num_frames=16, height=512, width=512, fps=8), {}, 6),
     "long": ("animatediff", dict(num_frames=64, height=512, width=512, fps=8), {}, 2),
     "wan": ("wan-1.3b", dict(num_frames=81, height=480, width=832, fps=16), {}, 3),
+    "ltx": ("ltx", dict(num_frames=161, height=512, width=704, fps=25), {}, 3),
 }
 # workloads whose denoiser is a diffusion transformer: their cache is diffusers' (params.cache), not DeepCache
-TRANSFORMER_WORKLOADS = {"wan"}
+TRANSFORMER_WORKLOADS = {"wan", "ltx"}
 MODES = {  # name -> (LoadOptions, extra params per row)
     "default": ({}, {}),
     "bf16": ({"dtype": "bfloat16"}, {}),

@@ -260,11 +260,14 @@ def validate(tables, model, ignore_extra, max_frames):
 @main.command()
 def models():
     """List model presets and families: inputs, native window, knobs and real checkpoints."""
-    from renderer.families.registry import FAMILIES
+    from renderer.families.registry import FAMILIES, VARIANTS
 
     for family in FAMILIES.values():
         click.secho(f"{family.name}  ({family.pipeline_class})", bold=True)
         click.echo(f"  presets:    tiny-{family.name}, random-{family.name}")
+        for variant in (v for v in VARIANTS if v.name == family.name):
+            click.echo(f"              tiny-{variant.preset}, random-{variant.preset}  ({variant.pipeline_class}, "
+                       f"{variant.window} frames, {variant.defaults.width}x{variant.defaults.height})")
         click.echo(f"  inputs:     {', '.join(family.inputs)}")
         click.echo(f"  window:     {family.window} frames")
         d = family.defaults

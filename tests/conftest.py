@@ -59,6 +59,24 @@ def write_table(path: Path, rows: list[dict], types: dict | None = None) -> Path
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny pipelines (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    tiny models gain nothing from intra-op threads, and lose a lot to them on a busy shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of uint8 frames `a` against `b`; infinite where they are equal."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
 def plain_uint8(frames) -> np.ndarray:
     """A plain diffusers call's float frames as uint8, by diffusers' own numpy_to_pil conversion."""
     return (np.asarray(frames) * 255).round().astype(np.uint8)

@@ -22,6 +22,8 @@ from renderer.families.components import seeded_build, t5_encoder, t5_tokenizer
 from renderer.request import to_request
 from renderer.run import RunConfig, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROW = {"id": "a", "prompt": "a red kite over a beach", "negative_prompt": "blurry", "seed": 3,
        "num_inference_steps": 2}
 # variant -> frames of its tiny preset's rows (5B-I2V's positions are learned for 49 frames)
@@ -30,15 +32,6 @@ FRAMES = {"": 9, "2b": 9, "i2v": 49, "1.5": 9}
 
 def preset(variant: str) -> str:
     return f"tiny-cogvideox-{variant}" if variant else "tiny-cogvideox"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny calls run several times faster on one thread than on two contended ones (the CI machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, psnr, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import resolve_model
@@ -24,19 +24,12 @@ from renderer.model import to_uint8
 from renderer.request import to_request
 from renderer.run import RunConfig, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROW = {"id": "a", "prompt": "a red kite over a beach", "negative_prompt": "blurry", "seed": 3, "num_frames": 9,
        "num_inference_steps": 2}
 # every cache kind skips work within 8 steps of the tiny transformer; the frames stay this close to the uncached
 PSNR_BOUND_DB = 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny pipelines on one thread: on a shared CPU a second one mostly spins (8x the CPU time, no faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +158,6 @@ def test_i2v_rows_are_rejected_naming_the_rule(changes, column, rule):
     with pytest.raises(RowRejected) as caught:
         to_request({**ROW, **changes}, default_model="tiny-hunyuanvideo-i2v")
     assert caught.value.column == column and rule in caught.value.rule
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255 ** 2 / mse))
 
 
 CACHES = [

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, psnr, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import resolve_model
@@ -79,11 +79,6 @@ def conditions(first, last, frames=9, strength=1.0):
 def plain(pipeline, **extra):
     frames = pipeline(**{**CALL, **extra}, generator=torch.Generator("cpu").manual_seed(3), output_type="np").frames
     return plain_uint8(frames[0])
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return 10 * np.log10(255**2 / mse)
 
 
 def kinds(row, keyframes):

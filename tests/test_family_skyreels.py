@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, psnr, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import resolve_model
@@ -20,6 +20,8 @@ from renderer.families.skyreels import SKYREELS_DF, condition_noise_seed
 from renderer.request import to_request
 from renderer.run import RunConfig, run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROW = {"id": "a", "prompt": "a red kite over a beach", "negative_prompt": "blurry", "seed": 3,
        "num_inference_steps": 2}
 # 33 frames are 9 latent frames; windows of 13 frames (4 latent) sharing 5 frames (2 latent): [0,4) [2,6) [4,8) [6,9)
@@ -28,15 +30,6 @@ LONG = {"num_frames": 33, "base_num_frames": 13, "overlap_history": 5}
 ASYNC = {"num_frames": 29, "base_num_frames": 13, "overlap_history": 5, "ar_step": 1, "causal_block_size": 2}
 # TaylorSeer against the uncached frames, 4 steps: lite measured 53-57 dB on 9 frames, 46-47 dB on LONG (seeds 3-5)
 PSNR_LITE = 40.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +57,6 @@ def plain(model, **call):
         frames = model.pipeline(**args, generator=torch.Generator("cpu").manual_seed(ROW["seed"]),
                                 output_type="np").frames[0]
     return plain_uint8(frames)
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def test_a_short_row_equals_the_plain_diffusers_call(model):

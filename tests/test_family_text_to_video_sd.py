@@ -22,6 +22,8 @@ from renderer.families.components import seeded_build
 from renderer.testing.videos import read_mp4
 from renderer.video import write_mp4
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def params(**knobs) -> str:
     return json.dumps(knobs)
@@ -30,15 +32,6 @@ def params(**knobs) -> str:
 def same_weights(a, b) -> bool:
     pairs = [(getattr(a, name).state_dict(), getattr(b, name).state_dict()) for name in ("unet", "vae", "text_encoder")]
     return all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in pairs)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose a lot to them on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import renderer
-from conftest import plain_uint8, write_table
+from conftest import plain_uint8, psnr, write_table
 from invariants import check_invariants
 from renderer.errors import RowRejected
 from renderer.request import to_request
@@ -89,11 +89,6 @@ def test_a_long_wan_row_renders_through_render_run(ray_session, tmp_path):
     kite = records["kite"]
     assert (kite["num_frames"], kite["chunks"], kite["chunk_mode"]) == (97, 2, "anchored")
     assert all(np.isfinite(kite["seams"])) and records["short"]["num_frames"] == 9
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 CACHES = {

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, psnr, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import resolve_model
@@ -190,11 +190,6 @@ def test_the_random_presets_have_the_published_sizes_and_the_a14b_pair_fits_an_8
     # built directly in bfloat16: both 14B experts and UMT5-XXL's encoder in 68.8 GB, never in float32
     assert {p.dtype for p in params} == {torch.bfloat16}
     assert sum(p.numel() * p.element_size() for p in params) < 75e9
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return float(10 * np.log10(255 ** 2 / mse))
 
 
 STEPS = 6

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, psnr, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import preset_names, resolve_model
@@ -132,11 +132,6 @@ CACHES = {
 }
 # measured on tiny-wan-i2v (8 steps): first_block 50.7, taylorseer 48.3, mag 45.8, pab 81.1 dB
 PSNR_BOUND_DB = 30.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse))
 
 
 @pytest.fixture(scope="module")

@@ -116,3 +116,15 @@ def test_a_family_can_be_named_for_a_checkpoint_folder(tmp_path):
     assert (spec.family.name, spec.location, spec.window) == ("svd-xt", str(folder), 25)
     with pytest.raises(RowRejected, match="family 'animatediff' cannot load a StableVideoDiffusionPipeline"):
         resolve_model(f"animatediff:{folder}")
+
+
+def test_render_models_lists_every_preset_with_its_variants():
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+    from renderer.catalog import preset_names
+
+    listing = CliRunner().invoke(main, ["models"]).output
+    # every name resolve_model takes, the published sizes of a family included
+    assert all(name in listing for name in preset_names())
+    assert "random-wan-14b  (WanPipeline, 81 frames, 1280x720)" in listing

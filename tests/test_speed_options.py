@@ -162,3 +162,17 @@ def test_step_cache_flops_benchmark_counts_each_branch_on_tiny_presets(tmp_path)
         assert 0 < shallowest["reusing_tflop"] < block["reusing_tflop"] < block["full_tflop"]
         shares = list(shallowest["video_flops_share_by_interval"].values())
         assert shares == sorted(shares, reverse=True) and shares[0] < 1  # longer intervals reuse more steps
+
+
+def test_transformer_cache_flops_benchmark_counts_what_each_cache_skips_on_tiny_presets(tmp_path):
+    out = tmp_path / "flops.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "transformer_cache_flops.py"), str(out), "--preset", "tiny",
+                    "--size", "64x64", "--frames", "9"], check=True, timeout=600)
+    results = {(r["workload"], r["cache"]): r for r in json.loads(out.read_text())["results"]}
+    for workload in ("wan", "ltx"):
+        first_block, taylorseer = results[workload, "first_block"], results[workload, "taylorseer"]
+        assert first_block["full_tflop_per_step"] == taylorseer["full_tflop_per_step"] > 0
+        # a reusing step runs less than a full one; TaylorSeer's video share falls as its interval grows
+        assert 0 < first_block["reusing_over_full"] < 1 and 0 <= taylorseer["reusing_over_full"] < 1
+        shares = list(taylorseer["video_flops_share_by_interval"].values())
+        assert shares == sorted(shares, reverse=True) and shares[0] < 1

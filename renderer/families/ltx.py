@@ -43,8 +43,8 @@ VAE_TINY = dict(latent_channels=8, block_out_channels=(8,) * 5, decoder_block_ou
                 layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 4, patch_size=1,
                 spatial_compression_ratio=8)
 
-# the self- and cross-attention of every transformer block (module names)
-LTX_ATTENTION = r"transformer_blocks\.\d+\.attn[12]"
+# the self- and cross-attention and the feed-forward layer of every transformer block (module names)
+LTX_BLOCK_LAYERS = r"transformer_blocks\.\d+\.(attn1|attn2|ff)"
 # a loaded pipeline -> its sibling pipelines by class name
 _SIBLINGS = weakref.WeakKeyDictionary()
 
@@ -340,7 +340,7 @@ LTX = LTXVideo(
     # FasterCache fails on the packed latents
     caches=("first_block", "taylorseer", "mag", "pab"), flow_shift="shift",
     # TaylorSeer's default patterns name modules ending in "attn"; LTX's attention is attn1/attn2
-    cache_defaults={"taylorseer": {"cache_identifiers": [LTX_ATTENTION]}},
+    cache_defaults={"taylorseer": {"cache_identifiers": [LTX_BLOCK_LAYERS]}},
 )
 # the published sizes by name: random-ltx-2b is random-ltx; 0.9.7/0.9.8 13B
 LTX_2B = LTX.with_variant("2b")
