@@ -15,9 +15,9 @@ Modes (each in its own process, one after another on the same machine):
   compile+cache  both; compile+cacheN: with interval N
 Workloads: svd-xt (576x1024, 25 frames, 25 steps), animatediff (512x512, 16 frames, 25 steps), long (one
 AnimateDiff row of 64 frames: `render run` renders 5 anchored chunks; the bare loop uses diffusers' FreeNoise,
-the guide's way to make a video longer than the window in one call), wan (Wan 2.1 1.3B, 480x832, 81 frames,
-bfloat16), ltx (LTX-Video 2B, 512x704, 161 frames, bfloat16). The bare loop runs in the family's half precision (float16 for the UNets, bfloat16 for the
-diffusion transformers) with the model's default guidance.
+the guide's way to make a video longer than the window in one call), wan (Wan 2.1 1.3B, 480x832, 81 frames),
+ltx (LTX-Video 2B, 512x704, 161 frames). The bare loop runs in the family's half precision (float16 for the
+UNets, bfloat16 for the diffusion transformers) with the model's default guidance.
 
 Per mode: seconds per video in steady state (the gaps between successive videos finishing, the first video
 left out: it pays warm-up and compilation), videos/hour, frames/s, the denoiser's TFLOP/s (its FLOPs per
