@@ -1,6 +1,7 @@
-"""Long rows rendered between keyframes (tiny-ltx, chunk_mode "keyframes"): the first keyframe, then the others
-conditioned on it, then every window between two keyframes, each exactly the plain diffusers call it stands for;
-the row's own image and last_image as its end keyframes; the same frames in process and over two Ray actors."""
+"""Long rows rendered between keyframes (chunk_mode "keyframes": tiny-ltx, tiny-wan2.2-i2v): the first keyframe,
+then the others conditioned on it, then every window between two keyframes, each exactly the plain diffusers call
+it stands for; the row's own image and last_image as its end keyframes; the same frames in process and over two
+Ray actors."""
 import numpy as np
 import pytest
 import torch
@@ -30,8 +31,7 @@ def model():
 
 def plain(pipeline, key: str, **call) -> np.ndarray:
     """uint8 frames of the plain diffusers call, seeded as the renderer seeds that part of the row."""
-    arguments = dict(prompt=ROW["prompt"], negative_prompt="blurry", height=32, width=32, num_inference_steps=2,
-                     guidance_scale=3.0, frame_rate=25)
+    arguments = dict(prompt=ROW["prompt"], negative_prompt="blurry", height=32, width=32, num_inference_steps=2)
     generator = torch.Generator("cpu").manual_seed(keyed_seed(ROW["seed"], key))
     return plain_uint8(pipeline(**{**arguments, **call}, generator=generator, output_type="np").frames[0])
 
@@ -46,12 +46,14 @@ def test_a_row_between_keyframes_is_the_plain_calls_it_stands_for_joined_on_thei
     request = to_request(ROW, default_model="tiny-ltx")
     assert [(c.start, c.end) for c in request.plan] == [(0, 17), (16, 33)]
     text, condition = model.pipeline, LTX.sibling(model.pipeline, "LTXConditionPipeline")
-    first = plain(text, "keyframe 0", num_frames=1)[0]
+    ltx = dict(guidance_scale=3.0, frame_rate=25)
+    first = plain(text, "keyframe 0", num_frames=1, **ltx)[0]
     # every later keyframe: the last frame of the shortest window (9 frames) pinned to the first keyframe
-    later = [plain(condition, f"keyframe {k}", num_frames=9, conditions=pinned((first, 0)))[-1] for k in (1, 2)]
+    later = [plain(condition, f"keyframe {k}", num_frames=9, conditions=pinned((first, 0)), **ltx)[-1]
+             for k in (1, 2)]
     keys = [first, *later]
-    windows = [plain(condition, f"window {i}", num_frames=17, conditions=pinned((keys[i], 0), (keys[i + 1], 16)))
-               for i in (0, 1)]
+    windows = [plain(condition, f"window {i}", num_frames=17, conditions=pinned((keys[i], 0), (keys[i + 1], 16)),
+                     **ltx) for i in (0, 1)]
     frames = model.render(request)
     assert frames.shape == (33, 32, 32, 3)
     assert np.array_equal(frames, np.concatenate([windows[0], windows[1][1:]]))
@@ -69,6 +71,23 @@ def test_the_rows_image_and_last_image_are_its_first_and_last_keyframes(model, t
     assert np.array_equal(model.render_keyframe(request, 0)[0], np.asarray(Image.open(paths[0])))
     assert np.array_equal(model.render_keyframe(request, 2)[0], np.asarray(Image.open(paths[1])))
     assert model.render(request).shape == (33, 32, 32, 3)
+
+
+def test_wan_2_2_renders_its_keyframes_and_windows_from_the_rows_image_with_one_model(tmp_path):
+    wan = renderer.load("tiny-wan2.2-i2v")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    row = {**ROW, "image": str(tmp_path / "a.png"), "num_frames": 17, "params": '{"chunk_mode": "keyframes", '
+                                                                              '"chunk_window": 9}'}
+    request = to_request(row, default_model="tiny-wan2.2-i2v")
+    # keyframes on frames 0 (the row's image, at the row's size), 8 and 16; windows [0, 9) and [8, 17)
+    first = np.asarray(Image.open(tmp_path / "a.png").resize((32, 32), Image.Resampling.LANCZOS))
+    call = dict(guidance_scale=5.0)
+    later = [plain(wan.pipeline, f"keyframe {k}", image=Image.fromarray(first), num_frames=5, **call)[-1]
+             for k in (1, 2)]
+    keys = [first, *later]
+    windows = [plain(wan.pipeline, f"window {i}", image=Image.fromarray(keys[i]), num_frames=9,
+                     last_image=Image.fromarray(keys[i + 1]), **call) for i in (0, 1)]
+    assert np.array_equal(wan.render(request), np.concatenate([windows[0], windows[1][1:]]))
 
 
 @pytest.mark.parametrize("model_name, params, message", [

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..chunks import ANCHORED, CHAIN, LatentLayout
+from ..chunks import ANCHORED, CHAIN, KEYFRAMES, LatentLayout
 from ..errors import RowRejected
 from ..inputs import load_image
 from .base import Defaults
 from .components import scheduler, t5_tokenizer, umt5_encoder
 from .params import Param
+from .pipeline_state import keyed_seed
 from .prompts import t5_prompt_embeds
 from .wan import (
     ARGUMENTS as WAN_ARGUMENTS,
@@ -128,6 +129,19 @@ class Wan22(Wan):
                               f"window ({request.plan[0].frames} frames at most): anchored chunks would each "
                               "start again from the row's image")
 
+    def generate_keyframe(self, pipeline, request, keyframe, anchor, generator):
+        """A keyframe after the first (the row's image): the last frame of the shortest image-to-video call (one
+        latent frame on) from the first, from noise of its own."""
+        generator.manual_seed(keyed_seed(request.seed, f"keyframe {keyframe.index}"))
+        hop = replace(request, num_frames=self.layout.temporal + 1, last_image=None)
+        return self.generate(pipeline, hop, anchor, None, generator)[-1:]
+
+    def generate_between(self, pipeline, request, chunk, first, last, generator):
+        """A window from keyframe `first` to keyframe `last`: the first-and-last-frame call, from noise of its own."""
+        generator.manual_seed(keyed_seed(request.seed, f"window {chunk.index}"))
+        window = replace(request, num_frames=chunk.frames, last_image=None)
+        return self.generate(pipeline, window, first, None, generator, last_image=last)
+
     def generate_chunk(self, pipeline, request, chunk, image, video, generator):
         # the row's last frame ends the video, so only the chunk that ends it is pinned to it
         if chunk.end < request.num_frames:
@@ -209,11 +223,12 @@ WAN22 = Wan22(
     boundary_ratio=0.875,
 )
 # image-to-video from the row's image (and its last_image, if any): the experts read the encoded frames beside the
-# noise, and no CLIP image encoder; a long row chains, each chunk starting from the previous chunk's last frame
+# noise, and no CLIP image encoder; a long row chains, each chunk starting from the previous chunk's last frame, or
+# renders between keyframes the same model makes from the row's image
 WAN22_I2V = WAN22.with_variant(
     "i2v", pipeline_class=I2V, inputs=("prompt", "image", "last_image"), required=("prompt", "image"),
     defaults=Defaults(num_frames=81, height=480, width=832, num_inference_steps=40, fps=16, guidance_scale=3.5),
-    checkpoints=("Wan-AI/Wan2.2-I2V-A14B-Diffusers",), chunk_modes=(CHAIN,), boundary_ratio=0.9,
+    checkpoints=("Wan-AI/Wan2.2-I2V-A14B-Diffusers",), chunk_modes=(CHAIN, KEYFRAMES), boundary_ratio=0.9,
 )
 # one 5B transformer on the 48-channel VAE: 16x spatially under 2x2 patches, so sizes are multiples of 32; a row
 # with an image starts from it (diffusers' image-to-video pipeline over the same components)
