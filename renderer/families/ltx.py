@@ -8,7 +8,6 @@ first frames). The siblings are built once per loaded pipeline from its componen
 from __future__ import annotations
 
 import inspect
-import weakref
 from dataclasses import dataclass, replace
 
 from ..chunks import ANCHORED, KEYFRAMES as KEYFRAME_MODE, LatentLayout
@@ -16,7 +15,7 @@ from ..errors import RowRejected
 from .base import Defaults, Family
 from .components import scheduler, t5_encoder, t5_tokenizer
 from .params import Param
-from .pipeline_state import frame_noise, keyed_seed
+from .pipeline_state import frame_noise, keyed_seed, sibling_pipeline
 
 TEXT, IMAGE, KEYFRAMES = "LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"
 # the tokenizer length of the published checkpoints
@@ -45,8 +44,6 @@ VAE_TINY = dict(latent_channels=8, block_out_channels=(8,) * 5, decoder_block_ou
 
 # the self- and cross-attention and the feed-forward layer of every transformer block (module names)
 LTX_BLOCK_LAYERS = r"transformer_blocks\.\d+\.(attn1|attn2|ff)"
-# a loaded pipeline -> its sibling pipelines by class name
-_SIBLINGS = weakref.WeakKeyDictionary()
 
 
 def ltx_prompt_embeds(pipeline, request) -> dict:
@@ -115,19 +112,8 @@ class LTXVideo(Family):
 
     @staticmethod
     def sibling(pipeline, class_name: str):
-        """The loaded pipeline, or its sibling of class `class_name` over the same components (built once), with
-        the scheduler `configure` set on the loaded one for this row."""
-        if type(pipeline).__name__ == class_name:
-            return pipeline
-        siblings = _SIBLINGS.setdefault(pipeline, {})
-        if class_name not in siblings:
-            import diffusers
-
-            siblings[class_name] = getattr(diffusers, class_name)(**pipeline.components)
-            siblings[class_name].set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
-        sibling = siblings[class_name]
-        sibling.scheduler = pipeline.scheduler
-        return sibling
+        """The loaded pipeline, or its sibling of class `class_name` over the same components."""
+        return sibling_pipeline(pipeline, class_name)
 
     def call_kwargs(self, request) -> dict:
         """The call's keyword arguments but its images: the columns, then the row's params (a keyframe row's

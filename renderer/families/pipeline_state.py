@@ -1,5 +1,28 @@
-"""Per-row pipeline state a family sets in `configure` (FreeInit, the VAE's dtype), and the row's noise bank."""
+"""Per-row pipeline state a family sets in `configure` (FreeInit, the VAE's dtype), the row's noise bank, and the
+sibling pipelines a family's rows pick over one loaded pipeline's components."""
 from __future__ import annotations
+
+import weakref
+
+# a loaded pipeline -> its sibling pipelines by class name
+_SIBLINGS = weakref.WeakKeyDictionary()
+
+
+def sibling_pipeline(pipeline, class_name: str, **config):
+    """The loaded pipeline, or its sibling of diffusers' class `class_name` over the same components (built once
+    per loaded pipeline, with `config`: the sibling's own init values such as Wan's boundary_ratio), holding the
+    scheduler `configure` set on the loaded one for this row."""
+    if type(pipeline).__name__ == class_name:
+        return pipeline
+    siblings = _SIBLINGS.setdefault(pipeline, {})
+    if class_name not in siblings:
+        import diffusers
+
+        siblings[class_name] = getattr(diffusers, class_name)(**pipeline.components, **config)
+        siblings[class_name].set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
+    sibling = siblings[class_name]
+    sibling.scheduler = pipeline.scheduler
+    return sibling
 
 
 def set_free_init(pipeline, options: dict | None) -> None:

@@ -15,7 +15,7 @@ from ..inputs import load_image
 from .base import Defaults
 from .components import scheduler, t5_tokenizer, umt5_encoder
 from .params import Param
-from .pipeline_state import keyed_seed
+from .pipeline_state import keyed_seed, sibling_pipeline
 from .prompts import t5_prompt_embeds
 from .wan import (
     ARGUMENTS as WAN_ARGUMENTS,
@@ -116,12 +116,8 @@ class Wan22(Wan):
             return pipeline
         # TI2V-5B's image-to-video: diffusers' image-to-video pipeline over the loaded components (the row's
         # scheduler included), which holds the first latent frame to the encoded image
-        import diffusers
-
-        sibling = getattr(diffusers, I2V)(**pipeline.components, boundary_ratio=pipeline.config.boundary_ratio,
-                                          expand_timesteps=pipeline.config.expand_timesteps)
-        sibling.set_progress_bar_config(disable=True)
-        return sibling
+        return sibling_pipeline(pipeline, I2V, boundary_ratio=pipeline.config.boundary_ratio,
+                                expand_timesteps=pipeline.config.expand_timesteps)
 
     def check_request(self, request):
         if request.image is not None and len(request.plan) > 1 and CHAIN not in self.chunk_modes:
