@@ -105,7 +105,7 @@ def test_each_cache_kind_changes_the_frames_a_little_and_leaves_the_next_row_unc
     uncached = model.render(row)
     cached = model.render({**row, "params": json.dumps({"cache": {"kind": kind, **CACHES[kind]}})})
     assert not np.array_equal(cached, uncached)
-    # measured on tiny-wan, 6 steps: 65 to 90 dB; random weights saturate most pixels, so the bound is loose
+    # measured on tiny-wan, 6 steps: 66 to 71 dB; random weights saturate most pixels, so the bound is loose
     assert psnr(cached, uncached) > 40
     assert np.array_equal(model.render(row), uncached)
     assert not model.pipeline.transformer.is_cache_enabled
