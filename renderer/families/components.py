@@ -109,46 +109,40 @@ def t5_tokenizer(model_max_length: int = 512):
     return T5Tokenizer(tokenizer_object=unigram, vocab=pieces, extra_ids=0, model_max_length=model_max_length)
 
 
-# UMT5-XXL's encoder (Wan, SkyReels-V2), as its published config.json has it
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+# the XXL encoders' shared shape, as their published config.json files have it
+XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32,
+           relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+# UMT5-XXL's encoder (Wan, SkyReels-V2) and T5-v1.1-XXL's (CogVideoX, LTX-Video) differ in vocabulary
+UMT5_XXL = dict(vocab_size=256384, **XXL)
+T5_XXL = dict(vocab_size=32128, **XXL)
 
 
 def umt5_encoder(size: str, tokenizer):
-    """A UMT5 text encoder in eval mode (T5's dropout would make runs differ): tiny (d_model 32, the shape of
-    diffusers' test encoder), or UMT5-XXL's encoder with random weights ('random')."""
+    """A UMT5 text encoder: tiny, or UMT5-XXL's encoder with random weights ('random'); see `_text_encoder`."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if size == "tiny":
-        config = UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                            relative_attention_num_buckets=8, **ids)
-    elif size == "random":
-        config = UMT5Config(**UMT5_XXL, **ids)
-    else:
-        raise ValueError(f"size={size!r}: must be 'tiny' or 'random'")
-    return UMT5EncoderModel(config).eval()
-
-
-# T5-v1.1-XXL's encoder (CogVideoX, LTX-Video, Mochi), as its published config.json has it
-T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-              relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu")
+    return _text_encoder(size, tokenizer, UMT5Config, UMT5EncoderModel, UMT5_XXL)
 
 
 def t5_encoder(size: str, tokenizer):
-    """A T5 text encoder in eval mode (its dropout would make runs differ): tiny (d_model 32, the shape of
-    diffusers' test encoder), or T5-v1.1-XXL's encoder with random weights ('random')."""
+    """A T5 text encoder: tiny, or T5-v1.1-XXL's encoder with random weights ('random'); see `_text_encoder`."""
     from transformers import T5Config, T5EncoderModel
 
+    return _text_encoder(size, tokenizer, T5Config, T5EncoderModel, T5_XXL)
+
+
+def _text_encoder(size: str, tokenizer, config_class, model_class, published: dict):
+    """A T5-style encoder in eval mode (its dropout would make runs differ): tiny (d_model 32, the shape of
+    diffusers' test encoder) or the `published` shape."""
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if size == "tiny":
-        config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                          relative_attention_num_buckets=8, **ids)
+        config = config_class(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                              relative_attention_num_buckets=8, **ids)
     elif size == "random":
-        config = T5Config(**T5_XXL, **ids)
+        config = config_class(**published, **ids)
     else:
         raise ValueError(f"size={size!r}: must be 'tiny' or 'random'")
-    return T5EncoderModel(config).eval()
+    return model_class(config).eval()
 
 
 # full-size CLIP text encoders of the published checkpoints
