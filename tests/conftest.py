@@ -1,6 +1,7 @@
 """Shared fixtures: one real local Ray for the session, table writers, mp4 readers."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -75,6 +76,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) of uint8 frames `a` against `b`; infinite where they are equal."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def recorded_calls(monkeypatch, pipeline) -> list[dict]:
+    """The keyword arguments of every call of the pipeline's class from now on (the calls still run)."""
+    calls, pipeline_call = [], type(pipeline).__call__
+
+    # wraps: the prompt encoders read the call's defaults from its signature
+    @functools.wraps(pipeline_call)
+    def recorded(self, **kwargs):
+        calls.append(kwargs)
+        return pipeline_call(self, **kwargs)
+    monkeypatch.setattr(type(pipeline), "__call__", recorded)
+    return calls
 
 
 def plain_uint8(frames) -> np.ndarray:

@@ -3,7 +3,6 @@ CogVideoXImageToVideoPipeline calls, its knobs, the frame counts (8k+1: what its
 knobs it refuses, every transformer cache, long rows planned in latent frames (frames first, 1.5's padding frame) and
 decoded whole, saved checkpoints matched to their variant, the published sizes counted on the meta device, and a long
 row through `render run`."""
-import functools
 import json
 from dataclasses import replace
 
@@ -14,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import count, plain_uint8, write_table
+from conftest import count, plain_uint8, recorded_calls, write_table
 from invariants import check_invariants
 from renderer.errors import RowRejected
 from renderer.families import cogvideox as cog
@@ -161,19 +160,6 @@ def test_every_cache_kind_changes_the_frames_within_a_bound_and_the_next_row_is_
     error = np.mean((cached.astype(float) - base.astype(float)) ** 2)
     assert 0 < error and 10 * np.log10(255 ** 2 / error) > bound
     assert np.array_equal(model.render(row("", image_file, **steps)), base)
-
-
-def recorded_calls(monkeypatch, pipeline) -> list[dict]:
-    """The keyword arguments of every call of the pipeline's class from now on."""
-    calls, pipeline_call = [], type(pipeline).__call__
-
-    # wraps: the prompt encoder reads the call's defaults from its signature
-    @functools.wraps(pipeline_call)
-    def recorded(self, **kwargs):
-        calls.append(kwargs)
-        return pipeline_call(self, **kwargs)
-    monkeypatch.setattr(type(pipeline), "__call__", recorded)
-    return calls
 
 
 def recorded_decodes(monkeypatch, pipeline) -> list[tuple]:

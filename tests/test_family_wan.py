@@ -1,6 +1,5 @@
 """Wan 2.1 text-to-video (tiny-wan): parity with the plain WanPipeline call, its frame and size rules, long rows
 planned in latent frames and stitched as latents, a saved checkpoint loaded back, and a row through `render run`."""
-import functools
 import json
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 import renderer
-from conftest import plain_uint8, psnr, write_table
+from conftest import plain_uint8, psnr, recorded_calls, write_table
 from invariants import check_invariants
 from renderer.errors import RowRejected
 from renderer.request import to_request
@@ -54,14 +53,7 @@ def test_a_long_row_is_planned_in_latent_frames_and_stitched_as_latents(model, m
     # 97 frames are 25 latent frames; windows of 81 frames are 21 latent frames, overlapping by 5
     assert [(c.start, c.end, c.latent_start, c.latent_end) for c in request.plan] == [(0, 81, 0, 21),
                                                                                       (16, 97, 4, 25)]
-    calls, pipeline_call = [], type(model.pipeline).__call__
-
-    # wraps: the prompt encoder reads the call's defaults from its signature
-    @functools.wraps(pipeline_call)
-    def recorded(self, **kwargs):
-        calls.append(kwargs)
-        return pipeline_call(self, **kwargs)
-    monkeypatch.setattr(type(model.pipeline), "__call__", recorded)
+    calls = recorded_calls(monkeypatch, model.pipeline)
     frames = model.render(request)
     assert frames.shape == (97, 32, 32, 3)
     first, second = (call["latents"] for call in calls)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import renderer
-from conftest import count, plain_uint8, psnr, write_table
+from conftest import count, plain_uint8, psnr, recorded_calls, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.catalog import resolve_model
@@ -310,14 +310,7 @@ def test_a_long_row_is_anchored_and_stitched_as_latents_across_both_experts(mode
     request = to_request({**ROW, "num_frames": 17, "params": '{"chunk_window": 9}'}, default_model=T2V)
     # 17 frames are 5 latent frames; windows of 9 frames are 3, sharing one
     assert [(c.start, c.end, c.latent_start, c.latent_end) for c in request.plan] == [(0, 9, 0, 3), (8, 17, 2, 5)]
-    calls, pipeline_call = [], type(model.pipeline).__call__
-
-    # wraps: the prompt encoder reads the call's defaults from its signature
-    @functools.wraps(pipeline_call)
-    def recorded(self, **kwargs):
-        calls.append(kwargs)
-        return pipeline_call(self, **kwargs)
-    monkeypatch.setattr(type(model.pipeline), "__call__", recorded)
+    calls = recorded_calls(monkeypatch, model.pipeline)
     frames = model.render(request)
     assert frames.shape == (17, 32, 32, 3)
     first, second = (call["latents"] for call in calls)
