@@ -15,7 +15,7 @@ import warnings
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from . import fault_hook, storage
+from . import fault_hook, gang, storage
 from .dispatch import STITCH, Task
 from .errors import BadOutput, RowRejected, WriteFailed
 from .options import LoadOptions
@@ -51,6 +51,16 @@ class RenderActor:
     def ready(self) -> str:
         """The ID of the node this actor runs on: its encodes are placed there."""
         return ray.get_runtime_context().get_node_id()
+
+    def gang_port(self) -> int:
+        """As a gang's leader: a port free on this node for the members to join at (see gang.py)."""
+        return gang.free_port()
+
+    def join_gang(self, rank: int, size: int, port: int, mode: str, timeout_s: float) -> dict:
+        """Join a gang of `size` actors as `rank` and shard the model's transformers across it: each transformer's
+        (ring, ulysses) degrees."""
+        gang.join(rank, size, port, self.model.device, timeout_s)
+        return gang.enable(self.model.pipeline, size, mode)
 
     @ray.method(num_returns=2)
     def render(self, request):
