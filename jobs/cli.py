@@ -10,6 +10,7 @@ from renderer import storage
 from renderer.errors import ConfigError, TableError, WriteFailed
 from renderer.paths import METADATA_FILE
 from renderer.request import MAX_FRAMES
+from renderer.run import PARALLEL_MODES
 
 EPILOG = """\b
 Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed), or the run
@@ -54,6 +55,16 @@ RUN_OPTIONS = (
     click.option("--actors", type=click.IntRange(min=1), help="Actors per model [default: one per GPU; 1 on CPU]."),
     click.option("--gpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                  help="GPU share of each actor (0.5 puts two actors on one GPU)."),
+    click.option("--gpus-per-video", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Devices that render one video together (a gang of actors on one node, sharing the "
+                      "transformer's tokens: diffusers' context parallelism), for the families that can (`render "
+                      "models`: Wan); other models keep one device per video. --actors then counts gangs."),
+    click.option("--context-parallel", type=click.Choice(PARALLEL_MODES), default="ulysses", show_default=True,
+                 help="How a gang shares a video: ulysses (all-to-all over heads), ring (CUDA), ulysses_anything "
+                      "(head or token counts the gang size does not divide)."),
+    click.option("--collective-timeout", type=click.FloatRange(min=0, min_open=True), default=300.0,
+                 show_default=True, metavar="SECONDS",
+                 help="How long a gang member waits for the others in a collective before the gang is restarted."),
     click.option("--threads-per-actor", type=click.IntRange(min=1),
                  help="CPU actors: torch threads each [default: the node's CPUs shared among the actors]. The "
                       "thread count changes the order of float sums, so pin it to compare runs of different "
@@ -89,7 +100,8 @@ RUN_OPTIONS = (
                       "killed and replaced, and the rows queued behind it go on. Set it well above your slowest "
                       "row, model loading excluded [default: no limit]."),
 )
-RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "threads_per_actor", "device", "seed", "max_attempts",
+RUN_OPTION_NAMES = ("model", "actors", "gpus_per_actor", "gpus_per_video", "context_parallel", "collective_timeout",
+                    "threads_per_actor", "device", "seed", "max_attempts",
                     "no_resume", "ignore_extra", "cpu_offload", "compile_", "max_frames", "dtype", "attention",
                     "allow_pickle", "row_timeout")
 
@@ -113,8 +125,9 @@ def _out_location(ctx, param, value: str) -> str:
 @click.option("--address", help="Ray address of a running cluster ('auto' inside a Ray Job); "
                                 "default: start an embedded local Ray.")
 @run_options
-def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, device, seed, max_attempts,
-        no_resume, ignore_extra, cpu_offload, compile_, max_frames, dtype, attention, allow_pickle, row_timeout):
+def run(tables, out, address, model, actors, gpus_per_actor, gpus_per_video, context_parallel, collective_timeout,
+        threads_per_actor, device, seed, max_attempts, no_resume, ignore_extra, cpu_offload, compile_, max_frames,
+        dtype, attention, allow_pickle, row_timeout):
     """Render every row of TABLES into --out.
 
     Re-running the same command resumes: rows already rendered with the same settings are skipped.
@@ -142,7 +155,8 @@ def run(tables, out, address, model, actors, gpus_per_actor, threads_per_actor, 
     config = RunConfig(tables=tables, out=out, model=model, actors=actors, gpus_per_actor=gpus_per_actor,
                        threads_per_actor=threads_per_actor, device=device, seed=seed, max_attempts=max_attempts,
                        resume=not no_resume, ignore_extra=ignore_extra, max_frames=max_frames,
-                       row_timeout=row_timeout, load=load)
+                       row_timeout=row_timeout, gpus_per_video=gpus_per_video, context_parallel=context_parallel,
+                       collective_timeout=collective_timeout, load=load)
     # before Ray starts
     try:
         checked = check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)

@@ -22,6 +22,8 @@ FIELDS = {
     "prompt": "string",
     "family": "string", "seed": "int64", "num_frames": "int64", "fps": "int64", "width": "int64",
     "height": "int64", "chunks": "int64", "attempts": "int64", "seconds": "float64", "gpu": "string", "actor": "string",
+    # devices that rendered the video together, and how (a gang's context parallelism: "ulysses", "ring", ...)
+    "gpus": "int64", "parallel": "string",
     "params": "string", "fingerprint": "string",
     # what the render needed to succeed: an out-of-memory ladder, a float32 VAE
     "recoveries": "list<string>",
@@ -43,7 +45,7 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "model": request.model, "prompt": request.prompt, "family": request.family, "seed": request.seed,
         "num_frames": request.num_frames, "fps": request.fps, "width": request.width, "height": request.height,
         "chunks": len(request.plan), "attempts": attempts, "seconds": info.get("seconds"), "gpu": info.get("gpu"),
-        "actor": info.get("actor"),
+        "actor": info.get("actor"), "gpus": info.get("gpus"), "parallel": info.get("parallel"),
         "params": json.dumps(request.params, sort_keys=True), "fingerprint": request.fingerprint,
         "recoveries": info.get("recoveries") or None, "prompt_truncated": info.get("prompt_truncated"),
         "finished_at": time.time(),

@@ -46,6 +46,8 @@ class RenderActor:
         if load_options.compile:
             self.model.warm_up()
         self.gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+        # how many devices render each video, and how they share it (a gang's context parallelism)
+        self.parallel = {"gpus": 1, "parallel": None}
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def ready(self) -> str:
@@ -60,7 +62,9 @@ class RenderActor:
         """Join a gang of `size` actors as `rank` and shard the model's transformers across it: each transformer's
         (ring, ulysses) degrees."""
         gang.join(rank, size, port, self.model.device, timeout_s)
-        return gang.enable(self.model.pipeline, size, mode)
+        degrees = gang.enable(self.model.pipeline, size, mode)
+        self.parallel = {"gpus": size, "parallel": mode}
+        return degrees
 
     @ray.method(num_returns=2)
     def render(self, request):
@@ -104,7 +108,7 @@ class RenderActor:
             raise
 
     def _info(self, start: float, request) -> dict:
-        return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name,
+        return {"seconds": time.perf_counter() - start, "gpu": self.gpu, "actor": self.name, **self.parallel,
                 "recoveries": list(self.model.recoveries), "prompt_truncated": self.model.prompt_truncated(request)}
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import storage
+from .catalog import resolve_model
 from .dispatch import OK, Dispatcher, Outcome, WriteBreaker
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
@@ -23,6 +24,8 @@ from .request import MAX_FRAMES, RenderRequest, to_request
 from .tables import read_tables
 
 DEVICES = ("auto", "cpu", "cuda")
+# how a gang shares a video (see gang.py)
+PARALLEL_MODES = ("ulysses", "ring", "ulysses_anything")
 # diffusers attention backends a CPU runs: PyTorch's own scaled_dot_product_attention
 CPU_ATTENTION = ("native", "_native_math")
 
@@ -50,6 +53,13 @@ class RunConfig:
     max_frames: int = MAX_FRAMES
     # seconds a task (a row, or a chunk or stitch of a long one) may execute
     row_timeout: float | None = None
+    # devices that render one video together (a gang), for models whose family can (Family.context_parallel);
+    # others keep one device per video
+    gpus_per_video: int = 1
+    # how a gang shares a video: "ulysses", "ring" (CUDA) or "ulysses_anything" (see gang.py)
+    context_parallel: str = "ulysses"
+    # seconds a gang member waits in a collective for the others before the gang breaks and forms again
+    collective_timeout: float = 300.0
     # how every actor loads its model
     load: LoadOptions = field(default_factory=LoadOptions)
 
@@ -62,6 +72,12 @@ class RunConfig:
             raise ValueError(f"actors={self.actors}: must be >= 1")
         if self.gpus_per_actor <= 0:
             raise ValueError(f"gpus_per_actor={self.gpus_per_actor}: must be > 0")
+        if self.gpus_per_video < 1:
+            raise ValueError(f"gpus_per_video={self.gpus_per_video}: must be >= 1")
+        if self.context_parallel not in PARALLEL_MODES:
+            raise ValueError(f"context_parallel={self.context_parallel!r}: must be one of {', '.join(PARALLEL_MODES)}")
+        if self.collective_timeout <= 0:
+            raise ValueError(f"collective_timeout={self.collective_timeout}: must be > 0")
         if self.threads_per_actor is not None and self.threads_per_actor < 1:
             raise ValueError(f"threads_per_actor={self.threads_per_actor}: must be >= 1")
         if self.device not in DEVICES:
@@ -161,6 +177,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     import ray
 
     from .pool import ModelLoadError
+    from .ray_gang import start_gangs
     from .ray_replica import RenderActor, start_pool
 
     if not requests:
@@ -194,8 +211,19 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
         try:
             # a long row's chunks can use several actors
             tasks = sum(len(request.plan) for request in group)
-            pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                              config.load, actor_class or RenderActor, config.row_timeout)
+            size = gang_size(config, model)
+            if size < config.gpus_per_video:
+                print(f"{model}: family {resolve_model(model).family.name!r} has no context-parallel plan; one device "
+                      "per video", file=sys.stderr, flush=True)
+            if size > 1:
+                # the actors of one replica are the gang's members
+                gangs = config.actors or max(1, actors // size)
+                pool = start_gangs(model, config.out, min(gangs, tasks), size, device, config.gpus_per_actor,
+                                   config.threads_per_actor or max(1, threads // size), config.load,
+                                   config.context_parallel, config.collective_timeout, config.row_timeout)
+            else:
+                pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
+                                  config.load, actor_class or RenderActor, config.row_timeout)
         except ModelLoadError as exc:
             fail_all(group, Outcome("error", str(exc)))
             continue
@@ -210,6 +238,11 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     progress.close()
 
 
+def gang_size(config: RunConfig, model: str) -> int:
+    """Devices per video for a model: --gpus-per-video where its family can share a video, else 1."""
+    return config.gpus_per_video if resolve_model(model).family.context_parallel else 1
+
+
 def _placement(config: RunConfig) -> tuple[str, int, int]:
     """(device, actors per model, CPU threads per actor) from the cluster's resources."""
     import ray
@@ -221,6 +254,8 @@ def _placement(config: RunConfig) -> tuple[str, int, int]:
         raise ConfigError("--device cuda, but the Ray cluster has no GPU")
     if config.load.cpu_offload and device != "cuda":
         raise ConfigError("--cpu-offload needs CUDA: on the CPU every model already lives in host memory")
+    if config.context_parallel == "ring" and device != "cuda":
+        raise ConfigError("--context-parallel ring needs CUDA: the CPU's attention gives no log-sum-exp")
     if config.load.dtype and device != "cuda":
         raise ConfigError(f"--dtype {config.load.dtype} needs CUDA: the CPU always runs float32")
     backend = config.load.attention_backend

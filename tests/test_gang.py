@@ -56,3 +56,91 @@ def test_a_transformer_without_a_context_parallel_plan_is_refused_by_name():
 
     with pytest.raises(ValueError, match="UNet3DConditionModel has no context-parallel plan"):
         gang.enable(renderer.load("tiny-modelscope").pipeline, 2)
+
+
+# 128x128 (x264 encodes frames this size the same every time, so two runs' files compare): 192 tokens, 2 heads
+SIZE = dict(height=128, width=128, num_inference_steps=2)
+
+
+def rows(*ids):
+    return [dict(id=row_id, prompt=f"a lighthouse {row_id}", **SIZE) for row_id in ids]
+
+
+def render(tmp_path, name, table_rows, **options):
+    """A `render run` of tiny-wan; (summary, records, frames by id)."""
+    from conftest import write_table
+    from invariants import check_invariants
+    from renderer.run import RunConfig, run
+    from renderer.testing.videos import read_mp4
+
+    out = tmp_path / name
+    table = str(write_table(tmp_path / f"{name}.parquet", table_rows))
+    summary = run(RunConfig(tables=(table,), out=out, model="tiny-wan", threads_per_actor=1, **options))
+    records = check_invariants(out, [r["id"] for r in table_rows], summary.exit_code)
+    frames = {i: read_mp4(out / r["video_path"])[0] for i, r in records.items() if r["status"] == "ok"}
+    return summary, records, frames
+
+
+@pytest.fixture
+def alone(ray_session, tmp_path_factory):
+    """The frames one device per video renders of rows a, b, c."""
+    return render(tmp_path_factory.mktemp("alone"), "alone", rows("a", "b", "c"))[2]
+
+
+def live_render_actors(settle_s: float = 10.0) -> int:
+    """RenderActor processes still running on this machine, once those being killed had `settle_s` to exit."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        running = 0
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                running += cmdline.read_bytes().startswith(b"ray::RenderActor")
+            except OSError:
+                continue
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.5)
+
+
+def test_render_run_with_two_gpus_per_video_renders_the_frames_of_one(alone, tmp_path):
+    summary, records, frames = render(tmp_path, "gang", rows("a", "b", "c"), gpus_per_video=2)
+    assert summary.counts == {"ok": 3}
+    assert all((r["gpus"], r["parallel"], r["attempts"]) == (2, "ulysses", 1) for r in records.values())
+    assert all(np.array_equal(frames[i], alone[i]) for i in "abc")
+    # the gangs' members end with the run
+    assert live_render_actors() == 0
+
+
+def test_a_member_killed_mid_row_breaks_the_gang_which_forms_again(alone, tmp_path, inject):
+    from renderer.testing import faults
+
+    inject({"point": "render", "fault": "kill", "id": "b", "times": 1})
+    summary, records, frames = render(tmp_path, "killed", rows("a", "b", "c"), gpus_per_video=2)
+    assert len(faults.fired("render", "b", "kill")) == 1
+    assert summary.counts == {"ok": 3}
+    # charged once, on the row the member died in; the rows queued behind it went again free
+    assert records["b"]["attempts"] == 2 and records["a"]["attempts"] == records["c"]["attempts"] == 1
+    assert all(np.array_equal(frames[i], alone[i]) for i in "abc")
+    assert live_render_actors() == 0
+
+
+def test_a_stalled_member_times_the_collective_out_and_the_gang_forms_again(alone, tmp_path, inject):
+    from renderer.testing import faults
+
+    inject({"point": "render", "fault": "hang", "id": "b", "times": 1})
+    summary, records, frames = render(tmp_path, "stalled", rows("a", "b", "c"), gpus_per_video=2,
+                                      collective_timeout=5.0)
+    assert len(faults.fired("render", "b", "hang")) == 1
+    assert summary.counts == {"ok": 3} and records["b"]["attempts"] == 2
+    assert np.array_equal(frames["b"], alone["b"])
+
+
+def test_a_row_that_breaks_the_gang_every_time_fails_and_the_others_render(ray_session, tmp_path, inject):
+    inject({"point": "render", "fault": "kill", "id": "poison"})
+    summary, records, _ = render(tmp_path, "poison", rows("poison", "a"), gpus_per_video=2, max_attempts=2)
+    assert summary.counts == {"ok": 1, "failed": 1}
+    assert records["poison"]["attempts"] == 2 and "a gang member failed" in records["poison"]["error"]
+    assert records["a"]["status"] == "ok"

@@ -71,6 +71,9 @@ class Family(ABC):
     layout: LatentLayout = FRAME_LAYOUT
     # how its pipeline's encode_prompt is called (see prompts.py); None: chunks pass the prompt, not embeddings
     prompt_encoder: Callable | None = None
+    # its transformers have diffusers' context-parallel plan: a gang of devices can render one video together
+    # (--gpus-per-video, renderer/gang.py)
+    context_parallel: bool = False
     # the dtype a CUDA device computes in unless the run names one (diffusion transformers are published and
     # trained in bfloat16, whose range float16 lacks)
     cuda_dtype: str = "float16"

@@ -95,6 +95,7 @@ WAN = Wan(
     # (C, F, H, W) latents: frame 0 alone, then 4 frames per latent frame; an 8x VAE under 2x2 patches
     layout=LatentLayout(frame_axis=1, temporal=4, causal_first=True, spatial=8, patch=2),
     prompt_encoder=t5_prompt_embeds, memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
+    context_parallel=True,
     # FasterCache fails on its two-pass guidance (one transformer call per branch)
     caches=("first_block", "taylorseer", "mag", "pab"), cache_defaults=WAN_CACHE_DEFAULTS, flow_shift="flow_shift",
 )

@@ -213,7 +213,7 @@ WAN22 = Wan22(
     tiny_defaults=Defaults(num_frames=9, height=32, width=32, num_inference_steps=4, fps=16, guidance_scale=5.0),
     arguments=ARGUMENTS, checkpoints=("Wan-AI/Wan2.2-T2V-A14B-Diffusers",), compatible_classes=(I2V,),
     layout=A14B_LAYOUT, prompt_encoder=t5_prompt_embeds,
-    memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16",
+    memory_options=("vae_slicing", "vae_tiling"), cuda_dtype="bfloat16", context_parallel=True,
     # FasterCache fails on the two-pass guidance (one transformer call per branch)
     caches=("first_block", "taylorseer", "mag", "pab"), cache_defaults=WAN_CACHE_DEFAULTS, flow_shift="flow_shift",
     boundary_ratio=0.875,

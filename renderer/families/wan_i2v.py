@@ -153,7 +153,8 @@ WAN_I2V = WanI2V(
     name="wan-i2v", pipeline_class="WanImageToVideoPipeline", inputs=("prompt", "image", "last_image"),
     required=("prompt", "image"), window=81, defaults=I2V_480P, tiny_defaults=WAN.tiny_defaults,
     arguments=ARGUMENTS, layout=WAN.layout, prompt_encoder=WAN.prompt_encoder, memory_options=WAN.memory_options,
-    cuda_dtype="bfloat16", caches=WAN.caches, cache_defaults=WAN.cache_defaults, flow_shift="flow_shift",
+    cuda_dtype="bfloat16", context_parallel=True, caches=WAN.caches, cache_defaults=WAN.cache_defaults,
+    flow_shift="flow_shift",
     # anchored chunks would all start from the row's first image: each chunk starts from the last one's frame
     chunk_modes=(CHAIN,),
     checkpoints=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
