@@ -284,6 +284,8 @@ def models():
                        f"{variant.window} frames, {variant.defaults.width}x{variant.defaults.height})")
         click.echo(f"  inputs:     {', '.join(family.inputs)}")
         click.echo(f"  window:     {family.window} frames")
+        gang = "several (--gpus-per-video: context parallelism)" if family.context_parallel else "1"
+        click.echo(f"  gpus/video: {gang}")
         d = family.defaults
         click.echo(f"  defaults:   {d.num_frames} frames, {d.width}x{d.height}, {d.num_inference_steps} steps, "
                    f"{d.fps} fps, guidance {d.guidance_scale}")

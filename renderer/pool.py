@@ -7,6 +7,8 @@
 - deaths: the task a replica was executing when it died pays an attempt, the tasks queued behind it are requeued
   without charge, and a death is charged once however many of its tasks report it;
 - timeouts: with `row_timeout`, a task executing longer fails `timeout` and its replica is killed and replaced;
+- retirement: with `retire_after`, a replica that died that many times in a row without a task succeeding is
+  shut down; its tasks go to the others, and once none is left every task fails at once;
 - classification: what a task raised becomes the dispatcher's status.
 
 What carries the tasks is the replicas' business (renderer/ray_replica.py: one Ray actor each); the pool sees
@@ -117,10 +119,13 @@ class Slot:
     generation: int = 0
     # the restart() handle while the replica comes back
     restarting: Hashable | None = None
+    # deaths since a task last succeeded on it
+    breaks: int = 0
+    retired: bool = False
 
     @property
     def live(self) -> bool:
-        return self.restarting is None
+        return self.restarting is None and not self.retired
 
 
 @dataclass(eq=False)
@@ -152,16 +157,20 @@ def classify(report: Report) -> Outcome:
 class ReplicaPool:
     """An Executor (see dispatch.py) over `replicas` of one model, waiting on their handles through `wait`.
     With `row_timeout` (seconds, measured by `clock`), a task executing longer fails `timeout` and its replica is
-    killed and replaced."""
+    killed and replaced. With `retire_after`, a replica dying that many times in a row without a success is
+    retired."""
 
     def __init__(self, replicas: list[Replica], wait: Wait, row_timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, retire_after: int | None = None):
         self.slots = [Slot(replica) for replica in replicas]
         self.transport_wait = wait
         self.row_timeout = row_timeout
         self.clock = clock
+        self.retire_after = retire_after
         self.tickets: dict[Hashable, Ticket] = {}
         self.submitted = 0
+        # tasks submitted once every replica was retired: failed at the next wait
+        self.refused: list[Hashable] = []
 
     @property
     def free(self) -> int:
@@ -169,11 +178,17 @@ class ReplicaPool:
         once its video is encoded, so slow encoding never idles it; but when encoding falls behind, no more than
         ENCODES_PER_ACTOR rendered rows per replica wait for it, holding their frames."""
         live = self._live()
+        if all(slot.retired for slot in self.slots):
+            # nothing will render them: take each task, to fail it
+            return 1
         on_replicas = sum(TASKS_QUEUED_PER_ACTOR - len(slot.running) for slot in live)
         return min(on_replicas, len(live) * (TASKS_QUEUED_PER_ACTOR + ENCODES_PER_ACTOR) - len(self.tickets))
 
     def submit(self, task: Task) -> Hashable:
         """Queue a task on the live replica with the fewest unreturned calls; its ticket is the Call's `done`."""
+        if all(slot.retired for slot in self.slots):
+            self.refused.append(("retired", len(self.refused)))
+            return self.refused[-1]
         slot = min(self._live(), key=lambda s: len(s.running))
         call = slot.replica.submit(task)
         self.submitted += 1
@@ -186,7 +201,12 @@ class ReplicaPool:
         return call.done
 
     def wait(self, timeout: float) -> list[tuple[Hashable, Outcome]]:
-        restarting = {slot.restarting: slot for slot in self.slots if not slot.live}
+        if self.refused:
+            refused, self.refused = self.refused, []
+            return [(handle, Outcome(FAILED, f"not rendered: every replica of the model died {self.retire_after} "
+                                             "times in a row without a success, and was retired"))
+                    for handle in refused]
+        restarting = {slot.restarting: slot for slot in self.slots if slot.restarting is not None}
         # also wakes when a call returns: that replica takes its next task before the encode is done
         returning = {slot.running[0].call.returned for slot in self._live() if slot.running}
         waiting = list({*self.tickets, *restarting, *returning})
@@ -211,6 +231,7 @@ class ReplicaPool:
         ticket = self.tickets.pop(done)
         outcome = classify(ticket.slot.replica.report(done))
         if outcome.status == OK:
+            ticket.slot.breaks = 0
             return replace(outcome, output=ticket.call.output)
         if outcome.status != REPLICA_DIED:
             return outcome
@@ -264,9 +285,15 @@ class ReplicaPool:
                                "its actor was replaced")
 
     def _replace(self, slot: Slot) -> None:
-        """The replica died or was killed: it comes back, and its tickets of this life are settled as they come."""
+        """The replica died or was killed: it comes back (or, past `retire_after` deaths in a row, is retired), and
+        its tickets of this life are settled as they come."""
         slot.generation += 1
         slot.running.clear()
+        slot.breaks += 1
+        if self.retire_after is not None and slot.breaks >= self.retire_after:
+            slot.retired = True
+            slot.replica.shutdown()
+            return
         slot.restarting = slot.replica.restart()
 
     def _restarted(self, slot: Slot) -> None:

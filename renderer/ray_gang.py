@@ -21,6 +21,8 @@ from .ray_replica import RenderActor, describe, encode, next_to, report_of, wait
 
 # errors every member raises alike (the same request, the same weights): the row's, not the gang's
 SHARED_ERRORS = (RowRejected, BadOutput, WriteFailed)
+# a gang that breaks this many times in a row without a success is retired (its rows go to the other gangs)
+RETIRE_AFTER = 4
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -159,4 +161,4 @@ def start_gangs(model: str, out_dir: str, gangs: int, size: int, device: str, gp
         for gang in replicas:
             gang.shutdown()
         raise ModelLoadError(f"model {model!r} failed to form gangs of {size}: {describe(exc)}") from None
-    return ReplicaPool(replicas, wait, row_timeout)
+    return ReplicaPool(replicas, wait, row_timeout, retire_after=RETIRE_AFTER)

@@ -144,3 +144,14 @@ def test_a_row_that_breaks_the_gang_every_time_fails_and_the_others_render(ray_s
     assert summary.counts == {"ok": 1, "failed": 1}
     assert records["poison"]["attempts"] == 2 and "a gang member failed" in records["poison"]["error"]
     assert records["a"]["status"] == "ok"
+
+
+def test_a_gang_model_and_a_one_device_model_share_a_run_and_a_long_row_renders_over_the_gang(ray_session, tmp_path):
+    table_rows = [dict(id="long", model="tiny-wan", prompt="a kite", num_frames=97, num_inference_steps=2),
+                  dict(id="unet", model="tiny-animatediff", prompt="a fox", num_frames=4, num_inference_steps=2)]
+    summary, records, frames = render(tmp_path, "mixed", table_rows, gpus_per_video=2)
+    assert summary.counts == {"ok": 2}
+    long, unet = records["long"], records["unet"]
+    # AnimateDiff's UNet has no context-parallel plan: one device per video
+    assert (long["gpus"], long["parallel"], unet["gpus"], unet["parallel"]) == (2, "ulysses", 1, None)
+    assert (long["chunks"], frames["long"].shape[0]) == (2, 97) and np.isfinite(long["seams"]).all()

@@ -66,14 +66,15 @@ class FakeReplica:
 class World:
     """A pool over fake replicas, the handles finished so far and the time."""
 
-    def __init__(self, replicas: int = 1, row_timeout: float | None = None):
+    def __init__(self, replicas: int = 1, row_timeout: float | None = None, retire_after: int | None = None):
         self.now = 0.0
         self.finished: set = set()
         self.waits: list[tuple[list, float]] = []
         self.calls: dict[str, Call] = {}
         self.rows: dict = {}
         self.replicas = [FakeReplica(self, i) for i in range(replicas)]
-        self.pool = ReplicaPool(self.replicas, self.wait_for, row_timeout, clock=lambda: self.now)
+        self.pool = ReplicaPool(self.replicas, self.wait_for, row_timeout, clock=lambda: self.now,
+                                retire_after=retire_after)
 
     def wait_for(self, handles: list, timeout: float) -> list:
         self.waits.append((list(handles), timeout))
@@ -306,3 +307,41 @@ def test_the_pool_imports_neither_ray_nor_torch():
     check = "import sys, renderer.pool; print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'torch'}))"
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_replica_dying_again_and_again_without_a_success_is_retired_and_then_every_task_fails_at_once():
+    world = World(replicas=2, retire_after=2)
+    world.submit("a", "b")
+    # replica 0 dies on a, comes back, renders c, then dies twice more on d: a success in between resets the count
+    world.dies(0, "a")
+    assert world.wait() == {"a": (CRASHED, DEATH.message)}
+    world.comes_back(0)
+    world.wait()
+    world.submit("c")
+    world.completes("c")
+    assert world.wait() == {"c": (OK, None)}
+    for attempt in range(2):
+        world.submit("d")
+        assert world.replicas[0].tasks[-1] == "d"
+        world.dies(0, "d")
+        assert world.wait() == {"d": (CRASHED, DEATH.message)}
+        if attempt == 0:
+            world.comes_back(0)
+            world.wait()
+    assert len(world.replicas[0].restarts) == 2
+    # replica 0 is retired: the next tasks go to replica 1, which still holds b
+    world.submit("e")
+    assert world.replicas[1].tasks == ["b", "e"]
+    world.dies(1, "b")
+    world.wait()
+    world.comes_back(1)
+    world.wait()
+    world.submit("f")
+    world.dies(1, "f")
+    world.wait()
+    # no replica left: every task fails as soon as it is submitted, without waiting on anything
+    assert world.pool.free == 1
+    handle = world.pool.submit(Task(Req("g")))
+    assert [(h, o.status, o.error) for h, o in world.pool.wait(timeout=0.5)] == [
+        (handle, FAILED, "not rendered: every replica of the model died 2 times in a row without a success, and was "
+                         "retired")]
