@@ -41,6 +41,8 @@ def enable(pipeline, size: int, mode: str = "ulysses") -> dict:
     from .denoiser import UNET, denoisers
 
     degree = {"ring_degree": size} if mode == "ring" else {"ulysses_degree": size}
+    if mode == "ulysses_anything":
+        _gather_uneven_shards_evenly()
     enabled = {}
     for name, module in denoisers(pipeline).items():
         if name == UNET or not getattr(module, "_cp_plan", None):
@@ -68,3 +70,25 @@ def _cpu_device_count():
         yield
     finally:
         torch.accelerator.device_count = count
+
+
+def _gather_uneven_shards_evenly() -> None:
+    """Ulysses-anything gathers shards of unequal length, which gloo's all_gather refuses (NCCL takes them): pad
+    each shard to the longest, gather, and cut the padding off, for every backend alike."""
+    import torch
+    import torch.distributed as dist
+    from diffusers.hooks import context_parallel
+    from diffusers.models._modeling_parallel import gather_size_by_comm
+
+    def gather(tensor, dim, group):
+        tensor = tensor.contiguous()
+        sizes = gather_size_by_comm(tensor.shape[dim], group)
+        padding = list(tensor.shape)
+        padding[dim] = max(sizes) - tensor.shape[dim]
+        padded = torch.cat([tensor, tensor.new_zeros(padding)], dim=dim) if padding[dim] else tensor
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=group)
+        return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes, strict=True)], dim=dim)
+
+    # looked up as a module global when the hooks gather
+    context_parallel._all_gather_anything = gather

@@ -51,6 +51,22 @@ def test_a_gang_of_two_renders_the_frames_one_process_renders(members):
     assert np.array_equal(frames[0], alone) and np.array_equal(frames[1], alone)
 
 
+def test_ulysses_anything_shards_a_token_count_the_gang_does_not_divide(members):
+    # 16x48: 1x3 tokens a latent frame, 9 tokens over 2 members
+    port = ray.get(members[0].gang_port.remote())
+    ray.get([actor.join_gang.remote(rank, 2, port, "ulysses_anything", 60.0) for rank, actor in enumerate(members)])
+    request = to_request({**ROW, "height": 16, "width": 48}, default_model="tiny-wan")
+    calls = [actor.render.remote(request) for actor in members]
+    frames = [ray.get(call[0]) for call in calls]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = renderer.load("tiny-wan").render(request)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(frames[0], alone)
+
+
 def test_a_transformer_without_a_context_parallel_plan_is_refused_by_name():
     from renderer import gang
 
@@ -155,3 +171,18 @@ def test_a_gang_model_and_a_one_device_model_share_a_run_and_a_long_row_renders_
     # AnimateDiff's UNet has no context-parallel plan: one device per video
     assert (long["gpus"], long["parallel"], unet["gpus"], unet["parallel"]) == (2, "ulysses", 1, None)
     assert (long["chunks"], frames["long"].shape[0]) == (2, 97) and np.isfinite(long["seams"]).all()
+
+
+def test_the_gang_benchmark_times_one_device_and_a_gang_of_two_on_the_same_rows(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "gang.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gang.py"), str(out), "--rows", "3", "--steps", "2"],
+                   check=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert [r["gpus_per_video"] for r in report["results"]] == [1, 2] and report["frames_equal"]
+    assert all(r["first_video_s"] > 0 and r["s_per_video"] > 0 for r in report["results"])
