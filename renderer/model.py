@@ -28,6 +28,9 @@ class Model:
     offloaded: bool = False
     # what the last render needed to succeed (OOM, NaN)
     recoveries: list[str] = field(default_factory=list)
+    # False for a gang's follower (see ray_gang.py): the leader's frames are the row's, so a follower's whole-row
+    # render stops at the latents (its denoising must run: its collectives pair with the leader's)
+    decodes: bool = True
 
     def __post_init__(self):
         self.pipeline.set_progress_bar_config(disable=True)
@@ -59,11 +62,14 @@ class Model:
             raise executor.error
         return results[0].output
 
-    def render_whole(self, request: RenderRequest) -> np.ndarray:
-        """A row that fits the window: the plain diffusers call."""
+    def render_whole(self, request: RenderRequest) -> np.ndarray | None:
+        """A row that fits the window: the plain diffusers call (None on a gang's follower, see `decodes`)."""
         image, video = self._inputs(request, request.num_frames)
 
         def frames(req):
+            if not self.decodes:
+                self.spec.family.generate(self.pipeline, req, image, video, self._configure(req), output_type="latent")
+                return None
             out = self.spec.family.generate(self.pipeline, req, image, video, self._configure(req))
             return to_uint8(fault_hook.strike("output", req.id, out))
         return self._guarded(request, frames)

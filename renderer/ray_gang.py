@@ -1,11 +1,12 @@
 """A gang as one replica of the pool: `size` RenderActors on one node, in one placement group, that render every
 task together (renderer/gang.py: one process group, the transformer's tokens sharded between them).
 
-Every member gets every task, in the same order, so their collectives pair up; the leader's (rank 0) frames go to
-the encode task and its chunks to the stitch. The pool's policies apply unchanged (renderer/pool.py): to the pool a
-gang is one replica that dies when any member dies or fails in a way the others cannot share. Then every member
-is killed at once (a survivor would wait in a collective for a peer that is gone) and the gang forms again on a
-new port once Ray has restarted them all in their bundles.
+Every member gets every task that denoises, in the same order, so their collectives pair up; the leader's (rank 0)
+frames go to the encode task and its chunks to the stitch, which the leader alone runs (a whole row's followers stop
+at the latents: only the leader's frames are kept). The pool's policies apply unchanged (renderer/pool.py): to the
+pool a gang is one replica that dies when any member dies or fails in a way the others cannot share. Then every
+member is killed at once (a survivor would wait in a collective for a peer that is gone) and the gang forms again
+on a new port once Ray has restarted them all in their bundles.
 """
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ class RayGang:
         self.calls: dict = {}
 
     def submit(self, task: Task) -> Call:
-        sent = [self._send(member, task) for member in self.members]
+        # a stitch decodes without collectives: the leader's alone is the row's
+        members = self.members[:1] if task.chunk == STITCH else self.members
+        sent = [self._send(member, task) for member in members]
         calls = [call for _, call in sent]
         output, call = sent[0]
         returned = all_returned.remote(*calls)

@@ -64,6 +64,8 @@ class RenderActor:
         gang.join(rank, size, port, self.model.device, timeout_s)
         degrees = gang.enable(self.model.pipeline, size, mode)
         self.parallel = {"gpus": size, "parallel": mode}
+        # the leader's frames are written: the others skip the VAE decode
+        self.model.decodes = rank == 0
         return degrees
 
     @ray.method(num_returns=2)

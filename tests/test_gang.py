@@ -1,5 +1,6 @@
-"""A gang of two Ray actors renders one video together (diffusers' context parallelism over gloo on the CPU): each
-member shards the transformer's tokens, and both end with the frames one process renders alone, bit for bit."""
+"""Gangs: two Ray actors render one video together (diffusers' context parallelism over gloo on the CPU), each
+with half of the transformer's tokens, and the leader ends with the frames one process renders alone, bit for bit;
+through `render run`, a gang that loses a member, stalls or meets a poison row breaks and forms again."""
 import numpy as np
 import pytest
 import ray
@@ -47,8 +48,9 @@ def test_a_gang_of_two_renders_the_frames_one_process_renders(members):
         alone = renderer.load("tiny-wan").render(request)
     finally:
         torch.set_num_threads(threads)
-    assert frames[0].shape == (9, 32, 32, 3)
-    assert np.array_equal(frames[0], alone) and np.array_equal(frames[1], alone)
+    assert frames[0].shape == (9, 32, 32, 3) and np.array_equal(frames[0], alone)
+    # the follower's frames would be the same: it stops at the latents, and only the leader decodes
+    assert frames[1] is None
 
 
 def test_ulysses_anything_shards_a_token_count_the_gang_does_not_divide(members):
