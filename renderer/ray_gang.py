@@ -18,7 +18,7 @@ from . import fault_hook, storage
 from .dispatch import STITCH, Task
 from .errors import BadOutput, RowRejected, WriteFailed
 from .pool import REPLICA_DIED, Call, ModelLoadError, ReplicaPool, Report
-from .ray_replica import RenderActor, describe, encode, next_to, report_of, wait
+from .ray_replica import RenderActor, describe, encode, next_to, node_when_up, report_of, wait
 
 # errors every member raises alike (the same request, the same weights): the row's, not the gang's
 SHARED_ERRORS = (RowRejected, BadOutput, WriteFailed)
@@ -131,11 +131,9 @@ class RayGang:
         return form.remote(self.members, self.mode, self.timeout_s)
 
     def restarted(self, handle) -> bool:
-        try:
-            self.node = ray.get(handle)
-        except ray.exceptions.RayError:
-            return False
-        return True
+        node = node_when_up(handle)
+        self.node = node or self.node
+        return node is not None
 
     def shutdown(self) -> None:
         for member in self.members:

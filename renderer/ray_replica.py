@@ -164,15 +164,20 @@ class RayReplica:
         return self.actor.ready.remote()
 
     def restarted(self, handle: ray.ObjectRef) -> bool:
-        try:
-            self.node = ray.get(handle)
-        # died again while loading
-        except ray.exceptions.RayError:
-            return False
-        return True
+        node = node_when_up(handle)
+        self.node = node or self.node
+        return node is not None
 
     def shutdown(self) -> None:
         ray.kill(self.actor, no_restart=True)
+
+
+def node_when_up(handle: ray.ObjectRef) -> str | None:
+    """The node ID a restart's handle gives once the replica is up again; None when it died again starting."""
+    try:
+        return ray.get(handle)
+    except ray.exceptions.RayError:
+        return None
 
 
 def start_pool(model: str, out_dir: str, actors: int, device: str, gpus_per_actor: float, threads: int,

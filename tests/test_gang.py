@@ -33,40 +33,39 @@ def members(ray_session):
     remove_placement_group(group)
 
 
-def test_a_gang_of_two_renders_the_frames_one_process_renders(members):
+def gang_render(members, mode: str, request):
+    """Both members joined as a gang in `mode` render `request`: (the degrees they enabled, their frames)."""
     port = ray.get(members[0].gang_port.remote())
-    degrees = ray.get([actor.join_gang.remote(rank, 2, port, "ulysses", 60.0) for rank, actor in enumerate(members)])
-    assert degrees == [{"transformer": (1, 2)}] * 2
-    request = to_request(ROW, default_model="tiny-wan")
+    degrees = ray.get([actor.join_gang.remote(rank, 2, port, mode, 60.0) for rank, actor in enumerate(members)])
     # every member renders the same request; the transformer's collectives pair their calls up
     calls = [actor.render.remote(request) for actor in members]
-    frames = [ray.get(call[0]) for call in calls]
-    # one process on one thread, as the members run
+    return degrees, [ray.get(call[0]) for call in calls]
+
+
+def one_process(request):
+    """The request's frames rendered here alone, on one thread as the members run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        alone = renderer.load("tiny-wan").render(request)
+        return renderer.load("tiny-wan").render(request)
     finally:
         torch.set_num_threads(threads)
-    assert frames[0].shape == (9, 32, 32, 3) and np.array_equal(frames[0], alone)
+
+
+def test_a_gang_of_two_renders_the_frames_one_process_renders(members):
+    request = to_request(ROW, default_model="tiny-wan")
+    degrees, frames = gang_render(members, "ulysses", request)
+    assert degrees == [{"transformer": (1, 2)}] * 2
+    assert frames[0].shape == (9, 32, 32, 3) and np.array_equal(frames[0], one_process(request))
     # the follower's frames would be the same: it stops at the latents, and only the leader decodes
     assert frames[1] is None
 
 
 def test_ulysses_anything_shards_a_token_count_the_gang_does_not_divide(members):
     # 16x48: 1x3 tokens a latent frame, 9 tokens over 2 members
-    port = ray.get(members[0].gang_port.remote())
-    ray.get([actor.join_gang.remote(rank, 2, port, "ulysses_anything", 60.0) for rank, actor in enumerate(members)])
     request = to_request({**ROW, "height": 16, "width": 48}, default_model="tiny-wan")
-    calls = [actor.render.remote(request) for actor in members]
-    frames = [ray.get(call[0]) for call in calls]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        alone = renderer.load("tiny-wan").render(request)
-    finally:
-        torch.set_num_threads(threads)
-    assert np.array_equal(frames[0], alone)
+    _, frames = gang_render(members, "ulysses_anything", request)
+    assert np.array_equal(frames[0], one_process(request))
 
 
 def test_a_transformer_without_a_context_parallel_plan_is_refused_by_name():
