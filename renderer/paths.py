@@ -20,6 +20,8 @@ from .errors import ConfigError
 VIDEOS_DIR = "videos"
 METADATA_FILE = "metadata.parquet"
 LOCK_FILE = ".render.lock"
+GALLERY_FILE = "index.html"
+POSTER_SUFFIX = ".jpg"
 # device names Windows reserves whatever follows them after a dot (CON, con.txt): never a file name's start
 WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
 
@@ -33,6 +35,11 @@ def slug(row_id: str) -> str:
 def video_relpath(row_id: str) -> str:
     digest = hashlib.sha256(row_id.encode("utf-8")).hexdigest()[:8]
     return f"{VIDEOS_DIR}/{slug(row_id)}-{digest}.mp4"
+
+
+def poster_relpath(video_path: str) -> str:
+    """The poster (the first frame, a small JPEG) written beside a video: the same name, another extension."""
+    return video_path.removesuffix(".mp4") + POSTER_SUFFIX
 
 
 def refuse_linked_videos_dir(out_dir) -> None:
