@@ -257,8 +257,16 @@ def stop(job_id, address):
 @click.option("--ignore-extra", is_flag=True, help="Ignore unknown table columns.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=MAX_FRAMES, show_default=True,
               help="Most frames a row may ask for.")
-def validate(tables, model, ignore_extra, max_frames):
-    """Check TABLES and every row without starting Ray; print what would be rejected."""
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs the estimate's wall time is for.")
+def validate(tables, model, ignore_extra, max_frames, gpus):
+    """Check TABLES and every row without starting Ray; print what would be rejected and the estimated GPU time.
+
+    The estimate comes from H100 runs measured with default options (see the README's estimate section): per
+    model its GPU time, whether that figure is measured or scaled and how far off a scaled one may be; then the
+    total, and the wall time on --gpus GPUs.
+    """
+    from renderer.estimate import estimate, report
     from renderer.run import check_rows
 
     try:
@@ -268,6 +276,8 @@ def validate(tables, model, ignore_extra, max_frames):
     for record in checked.rejected:
         click.echo(f"rejected {record['id']!r}: {record['error']}")
     click.echo(f"{len(checked.ids)} rows: {len(checked.requests)} ok, {len(checked.rejected)} rejected")
+    for line in report(estimate(checked.requests), gpus):
+        click.echo(line)
     sys.exit(1 if checked.rejected else 0)
 
 

@@ -132,6 +132,12 @@ class Family(ABC):
         """Rules that tie several fields together, checked on the driver (and by `render validate`):
         raise RowRejected naming the column. Single values are checked by their Param already."""
 
+    def guidance_passes(self, request) -> int:
+        """Denoiser passes per step (the estimate's CFG factor, renderer/estimate.py): two with classifier-free
+        guidance, which the pipelines run when guidance_scale > 1 (SVD when its max_guidance_scale, the same column,
+        is), one without."""
+        return 2 if request.guidance_scale > 1 else 1
+
     def single_call(self, options: dict) -> bool:
         """Whether a row longer than the window still renders in one pipeline call (a long-video mode of its own)."""
         return False

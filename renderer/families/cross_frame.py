@@ -8,7 +8,6 @@ self-attention look at the first frame of its copy of the video, which keeps the
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, replace
 
 from ..errors import RowRejected
@@ -17,6 +16,9 @@ from .components import clip_text_encoder, clip_tokenizer, scheduler, sd15_unet,
 from .params import Param
 
 SCHEDULER_NAMES = ("ddim", "euler", "euler_ancestral", "dpm++", "pndm")
+# StableDiffusionInstructPix2PixPipeline's default image_guidance_scale (known without importing diffusers, for the
+# estimate of `render validate`)
+IMAGE_GUIDANCE_DEFAULT = 1.5
 
 
 def cross_frame_processor(batch_size: int):
@@ -152,13 +154,15 @@ class Pix2PixVideo(CrossFrameVideo):
     def prepare_pipeline(self, pipeline):
         pipeline.unet.set_attn_processor(cross_frame_processor(batch_size=3))
 
+    def guidance_passes(self, request):
+        # the pipeline's own rule: text, image and unconditioned copies only when both guidances are on
+        image_guidance = request.arguments.get("image_guidance_scale", IMAGE_GUIDANCE_DEFAULT)
+        return 3 if request.guidance_scale > 1.0 and image_guidance >= 1.0 else 1
+
     def configure(self, pipeline, request, base_scheduler):
         super().configure(pipeline, request, base_scheduler)
-        image_guidance = request.arguments.get(
-            "image_guidance_scale", inspect.signature(pipeline.__call__).parameters["image_guidance_scale"].default)
-        # the pipeline's own rule: text, image and unconditioned copies only when both guidances are on
-        guided = request.guidance_scale > 1.0 and image_guidance >= 1.0
-        set_video_copies(pipeline.unet, 3 if guided else 1)
+        # the UNet's batch holds one copy of the video per guidance pass
+        set_video_copies(pipeline.unet, self.guidance_passes(request))
 
     def pipeline_kwargs(self, request, image, video):
         # no height/width/num_frames: the output has the source frames' size and count

@@ -158,6 +158,10 @@ class HunyuanVideo(Family):
         overrides = {"prompt_template": prompt_template(pipeline), **overrides}
         return super().generate(pipeline, request, image, video, generator, **overrides)
 
+    def guidance_passes(self, request):
+        # the guidance_scale column is embedded in one pass; true CFG (on a negative prompt) adds the second
+        return 2 if request.arguments.get("true_cfg_scale", 1.0) > 1 else 1
+
     def check_request(self, request):
         arguments = request.arguments
         if arguments.get("true_cfg_scale", 1.0) > 1 and request.negative_prompt is None:
