@@ -171,6 +171,9 @@ class ReplicaPool:
         self.submitted = 0
         # tasks submitted once every replica was retired: failed at the next wait
         self.refused: list[Hashable] = []
+        # called once for every death or kill of a replica that comes back (run.py counts them in the run's metrics);
+        # not again while it fails to come up: a replica asked too early whether it is up reads as one that is not
+        self.on_restart: Callable[[], None] = lambda: None
 
     @property
     def free(self) -> int:
@@ -294,6 +297,7 @@ class ReplicaPool:
             slot.retired = True
             slot.replica.shutdown()
             return
+        self.on_restart()
         slot.restarting = slot.replica.restart()
 
     def _restarted(self, slot: Slot) -> None:

@@ -5,6 +5,7 @@ local Ray is started.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections import Counter
@@ -17,6 +18,7 @@ from .catalog import resolve_model
 from .dispatch import OK, Dispatcher, Outcome, WriteBreaker
 from .errors import ConfigError, RowRejected
 from .metadata import MetadataStore, rejected_record, request_record
+from .metrics import RunMetrics
 from .options import LoadOptions
 from .paths import clean_temp_files, output_lock, refuse_linked_videos_dir
 from .progress import Progress
@@ -160,7 +162,7 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
     todo = [request for request in checked.requests if not store.carry(request)]
     summary.skipped = len(checked.requests) - len(todo)
     try:
-        _render(todo, config, store, connect, breaker, actor_class)
+        _render(todo, config, store, connect, breaker, actor_class, checked.rejected)
     finally:
         # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
         # raises WriteFailed when it cannot: the previous file stays intact
@@ -173,7 +175,7 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
 
 
 def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect,
-            breaker: WriteBreaker, actor_class) -> None:
+            breaker: WriteBreaker, actor_class, rejected: list[dict]) -> None:
     import ray
 
     from .pool import ModelLoadError
@@ -187,11 +189,22 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     device, actors, threads = _placement(config)
     long_rows = [request for request in requests if len(request.plan) > 1]
     progress = Progress(len(requests), chunks=sum(len(request.plan) for request in long_rows))
+    # `rejected` counted here, once Ray is connected: a run with nothing to render exports nothing
+    run_metrics = RunMetrics(config.out, requests, rejected, config.model)
 
     def done(request, outcome: Outcome, attempts: int) -> None:
         status = "ok" if outcome.status == OK else "rejected" if outcome.status == "rejected" else "failed"
-        store.add(request_record(request, status, outcome.error, attempts, outcome.info))
+        record = request_record(request, status, outcome.error, attempts, outcome.info)
+        store.add(record)
+        run_metrics.finished(record)
         progress.event("done", ok=status == "ok")
+
+    def event(kind: str, request: RenderRequest) -> None:
+        # a row's end comes through `done`, with its status
+        if kind == "start":
+            run_metrics.started(request)
+        if kind != "done":
+            progress.event(kind)
 
     by_model: dict[str, list[RenderRequest]] = {}
     for request in requests:
@@ -200,41 +213,44 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     def fail_all(group: list[RenderRequest], outcome: Outcome) -> None:
         for request in group:
             # each row starts and fails at once
-            progress.event("start")
+            event("start", request)
             done(request, outcome, 0)
 
-    # one model at a time gets every actor slot
-    for model, group in by_model.items():
-        if breaker.reason:
-            fail_all(group, breaker.not_rendered())
-            continue
-        try:
-            # a long row's chunks can use several actors
-            tasks = sum(len(request.plan) for request in group)
-            size = gang_size(config, model)
-            if size < config.gpus_per_video:
-                print(f"{model}: family {resolve_model(model).family.name!r} has no context-parallel plan; one device "
-                      "per video", file=sys.stderr, flush=True)
-            if size > 1:
-                # the actors of one replica are the gang's members
-                gangs = config.actors or max(1, actors // size)
-                pool = start_gangs(model, config.out, min(gangs, tasks), size, device, config.gpus_per_actor,
-                                   config.threads_per_actor or max(1, threads // size), config.load,
-                                   config.context_parallel, config.collective_timeout, config.row_timeout)
-            else:
-                pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                                  config.load, actor_class or RenderActor, config.row_timeout)
-        except ModelLoadError as exc:
-            fail_all(group, Outcome("error", str(exc)))
-            continue
-        try:
-            Dispatcher(pool, config.max_attempts, done, lambda kind, _: kind != "done" and progress.event(kind),
-                      breaker).run(group)
-        finally:
-            pool.shutdown()
-        if breaker.reason:
-            print(f"\nstopping: {breaker.reason}; the rows left are recorded `failed` (not rendered) and render "
-                  "when the same command runs again", file=sys.stderr, flush=True)
+    try:
+        # one model at a time gets every actor slot
+        for model, group in by_model.items():
+            if breaker.reason:
+                fail_all(group, breaker.not_rendered())
+                continue
+            try:
+                # a long row's chunks can use several actors
+                tasks = sum(len(request.plan) for request in group)
+                size = gang_size(config, model)
+                if size < config.gpus_per_video:
+                    print(f"{model}: family {resolve_model(model).family.name!r} has no context-parallel plan; one "
+                          "device per video", file=sys.stderr, flush=True)
+                if size > 1:
+                    # the actors of one replica are the gang's members
+                    gangs = config.actors or max(1, actors // size)
+                    pool = start_gangs(model, config.out, min(gangs, tasks), size, device, config.gpus_per_actor,
+                                       config.threads_per_actor or max(1, threads // size), config.load,
+                                       config.context_parallel, config.collective_timeout, config.row_timeout)
+                else:
+                    pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
+                                      config.load, actor_class or RenderActor, config.row_timeout)
+            except ModelLoadError as exc:
+                fail_all(group, Outcome("error", str(exc)))
+                continue
+            pool.on_restart = functools.partial(run_metrics.restarted, model, "gang" if size > 1 else "actor")
+            try:
+                Dispatcher(pool, config.max_attempts, done, event, breaker).run(group)
+            finally:
+                pool.shutdown()
+            if breaker.reason:
+                print(f"\nstopping: {breaker.reason}; the rows left are recorded `failed` (not rendered) and render "
+                      "when the same command runs again", file=sys.stderr, flush=True)
+    finally:
+        run_metrics.close()
     progress.close()
 
 
