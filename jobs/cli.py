@@ -282,6 +282,47 @@ def validate(tables, model, ignore_extra, max_frames, gpus):
 
 
 @main.command()
+@click.argument("out", metavar="OUT")
+def preview(out):
+    """Write the gallery of the run in OUT (a folder or an object-store prefix): OUT/index.html, a page that
+    opens from the folder itself (no server) and shows every row as a card: its poster, its video on hover,
+    its record. Posters missing beside `ok` videos (runs from before posters) are made first.
+
+    \b
+    Examples:
+      render preview out/
+      render preview s3://bucket/runs/e
+    """
+    from renderer import gallery
+    from renderer.paths import output_lock
+
+    try:
+        table = gallery.read_records(out)
+        # a writer of OUT like a run: never beside one
+        with output_lock(out):
+            _write_gallery(out, table)
+    except ConfigError as exc:
+        _table_error(exc)
+
+
+def _write_gallery(out: str, table) -> None:
+    """`render preview`'s page: the missing posters, then OUT/index.html, whose location it prints."""
+    from renderer import gallery
+
+    written, problems = gallery.write_missing_posters(out, table)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    if written:
+        click.echo(f"wrote {written} missing posters")
+    try:
+        page = gallery.write(out, table)
+    except WriteFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(page)
+
+
+@main.command()
 def models():
     """List model presets and families: inputs, native window, knobs and real checkpoints."""
     from renderer.families.registry import FAMILIES, VARIANTS

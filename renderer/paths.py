@@ -21,6 +21,8 @@ VIDEOS_DIR = "videos"
 METADATA_FILE = "metadata.parquet"
 LOCK_FILE = ".render.lock"
 GALLERY_FILE = "index.html"
+# the gallery's data files (its rows, a few thousand per file)
+GALLERY_DIR = "gallery"
 POSTER_SUFFIX = ".jpg"
 # device names Windows reserves whatever follows them after a dot (CON, con.txt): never a file name's start
 WINDOWS_RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\.|$)", re.IGNORECASE)
@@ -60,7 +62,7 @@ def clean_temp_files(out_dir) -> int:
     if storage.is_uri(out_dir):
         return 0
     removed = 0
-    for folder in (Path(out_dir), Path(out_dir) / VIDEOS_DIR):
+    for folder in (Path(out_dir), Path(out_dir) / VIDEOS_DIR, Path(out_dir) / GALLERY_DIR):
         if folder.is_dir():
             for leftover in folder.glob(f"{storage.TEMP_MARK}*"):
                 leftover.unlink(missing_ok=True)

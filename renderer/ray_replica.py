@@ -118,10 +118,14 @@ class RenderActor:
 # killed encode is an attempt the dispatcher counts against --max-attempts, not a silent retry
 @ray.remote(num_cpus=0, max_retries=0)
 def encode(frames, info: dict, final_path: str, fps: int, row_id: str) -> dict:
-    """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done)."""
-    from .video import write_mp4
+    """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done), and its poster
+    beside it."""
+    from .paths import poster_relpath
+    from .video import write_mp4, write_poster
 
     start = time.perf_counter()
+    # the poster first: a committed video always has its poster
+    write_poster(frames[0], poster_relpath(final_path))
     write_mp4(frames, final_path, fps, row_id)
     return {**info, "encode_seconds": time.perf_counter() - start}
 

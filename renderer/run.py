@@ -167,11 +167,24 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
         # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
         # raises WriteFailed when it cannot: the previous file stays intact
         table = store.flush(order=checked.ids)
+    _write_gallery(config.out, table)
     summary.stopped = breaker.reason
     summary.counts.update(table.column("status").to_pylist())
     failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)
     summary.errors = list(zip(failed.column("id").to_pylist(), failed.column("error").to_pylist(), strict=True))
     return summary
+
+
+def _write_gallery(out, table) -> None:
+    """The run's gallery (index.html); a failure to write it is a warning: the videos and records stand."""
+    from . import gallery
+
+    try:
+        gallery.write(out, table)
+    # whatever went wrong (a full disk, a folder in the way, a bug in the page's writer), the run's work is done
+    except Exception as exc:
+        print(f"warning: the gallery could not be written ({type(exc).__name__}: {exc}); `render preview {out}` "
+              "writes it again", file=sys.stderr, flush=True)
 
 
 def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect,

@@ -122,19 +122,24 @@ def opened(location):
 
 
 @contextlib.contextmanager
-def writing(final):
+def writing(final, content_type: str | None = None):
     """A local temporary file to write into; when the block ends without error it becomes `final` in one
     step, otherwise it is removed. Locally that step is a rename from a sibling (atomic, and it replaces a
     planted symlink instead of following it). For an object store the finished file is uploaded from a
     local temporary folder: an S3 PUT or multipart upload (and a GCS upload) becomes visible only once it
     completes, so no partial object ever appears at `final`, and nothing temporary is written under the
-    output prefix. Any OSError on the way (the block's own writes included) becomes WriteFailed naming `final`."""
+    output prefix. Any OSError on the way (the block's own writes included) becomes WriteFailed naming `final`.
+    `content_type` (object stores; for small files, which are uploaded from memory) is the type the object is
+    served with, so that a browser shows a page straight from the bucket instead of downloading it."""
     try:
         if is_uri(final):
             with tempfile.TemporaryDirectory(prefix="render-") as folder:
                 temp = Path(folder) / posixpath.basename(final)
                 yield temp
-                _upload(temp, final)
+                if content_type:
+                    _upload_typed(temp, final, content_type)
+                else:
+                    _upload(temp, final)
             return
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +204,15 @@ def _upload(local: Path, final: str) -> None:
 
     filesystem, path = _fs(final)
     copy_files(str(local), path, source_filesystem=LocalFileSystem(), destination_filesystem=filesystem)
+
+
+def _upload_typed(local: Path, final: str, content_type: str) -> None:
+    # one write of the whole file: an interruption comes before it (nothing sent) or after it, when the stream's
+    # close completes the object whole
+    data = local.read_bytes()
+    filesystem, path = _fs(final)
+    with filesystem.open_output_stream(path, metadata={"Content-Type": content_type}) as stream:
+        stream.write(data)
 
 
 def _info(location: str):

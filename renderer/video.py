@@ -1,6 +1,7 @@
 """mp4 encoding (H.264, yuv420p) with an atomic commit, and decoding, inside this process through PyAV
 (FFmpeg's libraries). Starting an ffmpeg program per video instead costs 25-30 ms of CPU each time: all of
-a small video's encode, and most of the check of a row's video (bench/video_io.py)."""
+a small video's encode, and most of the check of a row's video (bench/video_io.py). Also the poster shown
+for a video before it plays: its first frame as a small JPEG."""
 from __future__ import annotations
 
 import itertools
@@ -9,6 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from . import fault_hook, storage
+
+# a poster's longer side at most (a gallery card shows it at about this size); smaller frames keep their size
+POSTER_SIDE = 320
+POSTER_QUALITY = 85
 
 
 def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> None:
@@ -27,6 +32,20 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "")
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             # the frames the encoder still holds
             container.mux(stream.encode())
+
+
+def write_poster(frame: np.ndarray, final: str | Path) -> None:
+    """Write one uint8 frame (H, W, 3) as a JPEG at `final` (a local path or an object URI), scaled down to
+    POSTER_SIDE on its longer side with its aspect kept, under the same atomic rule as the videos."""
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    scale = POSTER_SIDE / max(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+    with storage.writing(final, content_type="image/jpeg") as temp:
+        image.save(temp, format="JPEG", quality=POSTER_QUALITY)
 
 
 def decode(source, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:

@@ -6,7 +6,10 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +19,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "example.parquet"
+# the bucket of the S3 test server (fixture `s3`)
+BUCKET = "renders"
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +121,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- an S3 test server
+
+@pytest.fixture(scope="module")
+def s3():
+    """An S3 endpoint, the environment that points pyarrow at it (the standard AWS variables), and a boto3
+    client to set up and inspect the bucket independently of the code under test."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from renderer import storage
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    yield SimpleNamespace(env=env, client=client)
+    # filesystems of this process pointing at the server that goes away
+    storage._filesystem.cache_clear()
+    server.stop()
+
+
+def upload(client, folder: Path, prefix: str) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+def objects(client, prefix: str) -> dict[str, dict]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {item["Key"]: item for page in pages for item in page.get("Contents", [])}
+
+
+def render_cli(s3, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", "run", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **s3.env})

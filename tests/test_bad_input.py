@@ -161,7 +161,8 @@ def test_hostile_ids_and_prompts_render_inside_out_and_links_are_replaced(ray_se
     assert records[NFC]["video_path"] != records[NFD]["video_path"]
     assert [records[i]["prompt_truncated"] for i in list(prompts)[:3]] == [True, False, False]  # 10k chars, emoji, RTL
     assert not list(tmp_path.glob("executed-*"))  # the prompt is data: no shell ever saw it
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "videos"]  # nothing landed elsewhere
+    # nothing landed elsewhere
+    assert sorted(p.name for p in out.iterdir()) == ["gallery", "index.html", "metadata.parquet", "videos"]
     # the planted links were replaced by the run's own files, never written through
     assert victim_video.read_bytes() == b"not yours" and victim_table.read_bytes() == b"not yours either"
     for final in (out / video_relpath("a/b"), out / "metadata.parquet"):

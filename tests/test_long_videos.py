@@ -44,7 +44,8 @@ def test_rows_of_3x_and_7x_the_window_render_to_exactly_that_many_frames(ray_ses
         assert plan[0][0] == 0 and plan[-1][1] == record["num_frames"] and all(e - s == window for s, e in plan)
         assert len(record["seams"]) == chunks - 1 and len(record["drift"]) == chunks
         assert all(np.isfinite(record["seams"])) and all(np.isfinite(record["drift"])) and record["drift"][0] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "videos"]  # no temporary file left
+    # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == ["gallery", "index.html", "metadata.parquet", "videos"]
 
 
 def test_anchored_chunks_spread_over_actors_and_the_frames_do_not_depend_on_the_actor_count(ray_session, tmp_path):

@@ -3,48 +3,24 @@ pyarrow, and `render run` in a fresh process, so that its Ray workers inherit th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, copy_example, free_port, write_table
+from conftest import BUCKET, copy_example, objects, render_cli, upload, write_table
 from jobs.cli import main
-from renderer import storage
 from renderer.errors import ConfigError
 from renderer.inputs import load_video
-from renderer.paths import output_lock, video_relpath
+from renderer.paths import output_lock, poster_relpath, video_relpath
 from renderer.run import check_rows
 from renderer.testing.videos import read_mp4
 from renderer.video import write_mp4
 
-BUCKET = "renders"
 TABLE = f"s3://{BUCKET}/in/example.parquet"
 OUT = f"s3://{BUCKET}/out"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 endpoint, the environment that points pyarrow at it (the standard AWS variables), and a boto3
-    client to set up and inspect the bucket independently of the code under test."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    yield SimpleNamespace(env=env, client=client)
-    storage._filesystem.cache_clear()  # filesystems of this process pointing at the server that goes away
-    server.stop()
 
 
 @pytest.fixture
@@ -53,22 +29,6 @@ def s3_env(s3, monkeypatch):
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return s3
-
-
-def upload(client, folder: Path, prefix: str) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(folder).as_posix()}")
-
-
-def objects(client, prefix: str) -> dict[str, dict]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return {item["Key"]: item for page in pages for item in page.get("Contents", [])}
-
-
-def render_cli(s3, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", "run", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, **s3.env})
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +59,11 @@ def test_example_table_on_s3_renders_to_s3(s3, rendered, tmp_path):
     # prefix's zero-byte "folder" marker `out/` (apache/arrow#36275), which is no file of the run
     keys = objects(s3.client, "out/")
     assert keys.pop("out/", {"Size": 0})["Size"] == 0
-    assert sorted(keys) == sorted(["out/metadata.parquet", *(f"out/{video_relpath(i)}" for i in records)])
+    gallery_data = [key for key in keys if key.startswith("out/gallery/")]
+    assert len(gallery_data) == 1 and re.fullmatch(r"out/gallery/rows-00000-[0-9a-f]{12}\.js", gallery_data[0])
+    videos = [f"out/{video_relpath(i)}" for i in records]
+    assert sorted(keys) == sorted(["out/metadata.parquet", "out/index.html", *gallery_data, *videos,
+                                   *map(poster_relpath, videos)])
 
 
 def test_a_second_run_on_s3_resumes_and_renders_nothing(s3, rendered):

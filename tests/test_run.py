@@ -52,7 +52,8 @@ def test_example_table_renders_to_checked_mp4s(ray_session, tmp_path):
     assert ((records["ocean-waves"]["num_frames"], records["dusk"]["fps"], records["sunrise"]["num_frames"])
             == (12, 6, 14))
     check_invariants(out, list(records), result.exit_code)
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.parquet", "videos"]  # no temporary file left
+    # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == ["gallery", "index.html", "metadata.parquet", "videos"]
 
 
 def test_resume_renders_only_what_is_missing_or_changed(ray_session, tmp_path):
