@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from renderer import gallery  # noqa: E402
 from renderer.metadata import schema  # noqa: E402
 from renderer.paths import poster_relpath, video_relpath  # noqa: E402
+from renderer.testing.browser import CHROMIUM, headless_chromium  # noqa: E402
 from renderer.video import write_poster  # noqa: E402
 
 MODELS = ["tiny-animatediff", "stabilityai/stable-video-diffusion-img2vid-xt", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
@@ -84,15 +85,7 @@ def place_posters(out: Path, table: pa.Table) -> None:
 
 
 def browser(chromium: str):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--enable-precise-memory-info"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(str(Path(chromium).with_name("chromedriver"))))
+    driver = headless_chromium(Path(chromium), "--enable-precise-memory-info")
     driver.set_script_timeout(120)
     return driver
 
@@ -162,7 +155,7 @@ def main():
     parser.add_argument("out", type=Path)
     parser.add_argument("--rows", default="10000,100000")
     parser.add_argument("--loads", type=int, default=3)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=str(CHROMIUM))
     args = parser.parse_args()
     results = []
     for rows in map(int, args.rows.split(",")):

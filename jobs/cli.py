@@ -25,8 +25,9 @@ def main():
 
     \b
     Quick start (CPU, seconds):
-      render run examples/example.parquet --out out/
-      render validate examples/example.parquet
+      render run examples/example.parquet --out out/     (then open out/index.html)
+      render validate examples/example.parquet --gpus 8
+      render preview out/ --sheet sheet.png
       render models
 
     \b
@@ -283,7 +284,14 @@ def validate(tables, model, ignore_extra, max_frames, gpus):
 
 @main.command()
 @click.argument("out", metavar="OUT")
-def preview(out):
+@click.option("--sheet", metavar="PNG", help="Draw a contact sheet into PNG (a path or an object URI) instead: a row "
+                                             "of frames per rendered video, for a terminal, a notebook or a pull "
+                                             "request.")
+@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
+              help="--sheet: frames per video, spread evenly from its first to its last.")
+@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True,
+              help="--sheet: videos drawn, the first rendered ones in the table's order.")
+def preview(out, sheet, frames, limit):
     """Write the gallery of the run in OUT (a folder or an object-store prefix): OUT/index.html, a page that
     opens from the folder itself (no server) and shows every row as a card: its poster, its video on hover,
     its record. Posters missing beside `ok` videos (runs from before posters) are made first.
@@ -292,17 +300,35 @@ def preview(out):
     Examples:
       render preview out/
       render preview s3://bucket/runs/e
+      render preview out/ --sheet sheet.png --frames 6 --limit 10
     """
     from renderer import gallery
     from renderer.paths import output_lock
 
     try:
         table = gallery.read_records(out)
+        if sheet:
+            _write_sheet(out, table, sheet, frames, limit)
+            return
         # a writer of OUT like a run: never beside one
         with output_lock(out):
             _write_gallery(out, table)
     except ConfigError as exc:
         _table_error(exc)
+
+
+def _write_sheet(out: str, table, sheet: str, frames: int, limit: int) -> None:
+    """`render preview --sheet`: reads OUT only, so it needs no lock and may draw a run in progress."""
+    from renderer.sheet import write_sheet
+
+    try:
+        drawn = write_sheet(out, table, sheet, frames=frames, limit=limit)
+    except ValueError as exc:
+        _table_error(exc)
+    except WriteFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"drew {drawn} videos into {sheet}")
 
 
 def _write_gallery(out: str, table) -> None:
@@ -392,6 +418,8 @@ def _print_summary(summary, out: str) -> None:
     click.echo(f"done: {counts}{skipped} -> {storage.join(out, METADATA_FILE)}")
     for row_id, error in summary.errors:
         click.echo(f"  {row_id!r}: {error}")
+    if summary.gallery:
+        click.echo(f"gallery: {summary.gallery}")
     if summary.stopped:
         click.echo(f"stopped early: {summary.stopped}. Free space (or fix the output), then run the same command "
                    "again: it renders the rows left.")

@@ -110,6 +110,8 @@ class RunSummary:
     skipped: int = 0
     # why the run stopped taking new work, if it did
     stopped: str | None = None
+    # the gallery's page, unless it could not be written
+    gallery: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -167,7 +169,7 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
         # also on Ctrl-C or a driver error: what finished is recorded, the rest resumes next time
         # raises WriteFailed when it cannot: the previous file stays intact
         table = store.flush(order=checked.ids)
-    _write_gallery(config.out, table)
+    summary.gallery = _write_gallery(config.out, table)
     summary.stopped = breaker.reason
     summary.counts.update(table.column("status").to_pylist())
     failed = table.filter(pc.not_equal(table.column("status"), "ok")).slice(0, 5)
@@ -175,16 +177,18 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
     return summary
 
 
-def _write_gallery(out, table) -> None:
-    """The run's gallery (index.html); a failure to write it is a warning: the videos and records stand."""
+def _write_gallery(out, table) -> str | None:
+    """The run's gallery (index.html), its location; a failure to write it is a warning: the videos and records
+    stand."""
     from . import gallery
 
     try:
-        gallery.write(out, table)
+        return gallery.write(out, table)
     # whatever went wrong (a full disk, a folder in the way, a bug in the page's writer), the run's work is done
     except Exception as exc:
         print(f"warning: the gallery could not be written ({type(exc).__name__}: {exc}); `render preview {out}` "
               "writes it again", file=sys.stderr, flush=True)
+        return None
 
 
 def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataStore, connect,
@@ -192,8 +196,6 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     import ray
 
     from .pool import ModelLoadError
-    from .ray_gang import start_gangs
-    from .ray_replica import RenderActor, start_pool
 
     if not requests:
         return
@@ -236,21 +238,7 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
                 fail_all(group, breaker.not_rendered())
                 continue
             try:
-                # a long row's chunks can use several actors
-                tasks = sum(len(request.plan) for request in group)
-                size = gang_size(config, model)
-                if size < config.gpus_per_video:
-                    print(f"{model}: family {resolve_model(model).family.name!r} has no context-parallel plan; one "
-                          "device per video", file=sys.stderr, flush=True)
-                if size > 1:
-                    # the actors of one replica are the gang's members
-                    gangs = config.actors or max(1, actors // size)
-                    pool = start_gangs(model, config.out, min(gangs, tasks), size, device, config.gpus_per_actor,
-                                       config.threads_per_actor or max(1, threads // size), config.load,
-                                       config.context_parallel, config.collective_timeout, config.row_timeout)
-                else:
-                    pool = start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads,
-                                      config.load, actor_class or RenderActor, config.row_timeout)
+                pool, size = _start_replicas(model, group, config, device, actors, threads, actor_class)
             except ModelLoadError as exc:
                 fail_all(group, Outcome("error", str(exc)))
                 continue
@@ -265,6 +253,29 @@ def _render(requests: list[RenderRequest], config: RunConfig, store: MetadataSto
     finally:
         run_metrics.close()
     progress.close()
+
+
+def _start_replicas(model: str, group: list[RenderRequest], config: RunConfig, device: str, actors: int, threads: int,
+                    actor_class):
+    """The pool of `model`'s replicas for `group` (actors, or gangs where its family can share a video) and the
+    devices per video; raises ModelLoadError when the model cannot load."""
+    from .ray_gang import start_gangs
+    from .ray_replica import RenderActor, start_pool
+
+    # a long row's chunks can use several actors
+    tasks = sum(len(request.plan) for request in group)
+    size = gang_size(config, model)
+    if size < config.gpus_per_video:
+        print(f"{model}: family {resolve_model(model).family.name!r} has no context-parallel plan; one device per "
+              "video", file=sys.stderr, flush=True)
+    if size == 1:
+        return start_pool(model, config.out, min(actors, tasks), device, config.gpus_per_actor, threads, config.load,
+                          actor_class or RenderActor, config.row_timeout), size
+    # the actors of one replica are the gang's members
+    gangs = config.actors or max(1, actors // size)
+    return start_gangs(model, config.out, min(gangs, tasks), size, device, config.gpus_per_actor,
+                       config.threads_per_actor or max(1, threads // size), config.load, config.context_parallel,
+                       config.collective_timeout, config.row_timeout), size
 
 
 def gang_size(config: RunConfig, model: str) -> int:

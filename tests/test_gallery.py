@@ -20,11 +20,10 @@ from PIL import Image
 from conftest import BUCKET, objects, read_metadata, upload, write_table
 from jobs.cli import main
 from renderer.paths import GALLERY_DIR, output_lock, poster_relpath
+from renderer.testing.browser import headless_chromium
 from renderer.testing.videos import read_mp4
 from renderer.video import write_poster
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # tiny-animatediff and tiny-modelscope rows that render in a fraction of a second
 FAST = dict(num_frames=6, num_inference_steps=2)
 HOSTILE_PROMPTS = {"script": "<script>alert(1)</script>", "img": '"><img src=x onerror=alert(1)>'}
@@ -72,18 +71,7 @@ def rendered(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium under Selenium; a dialog opened by a page stays open for the test to find."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "install Debian's chromium and chromium-driver (.ci/run does)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     "--mute-audio"):
-        options.add_argument(argument)
-    options.unhandled_prompt_behavior = "ignore"
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = headless_chromium()
     yield driver
     driver.quit()
 

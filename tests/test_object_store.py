@@ -44,6 +44,7 @@ def test_example_table_on_s3_renders_to_s3(s3, rendered, tmp_path):
     import pyarrow.parquet as pq
 
     assert f"done: 4 ok -> {OUT}/metadata.parquet" in rendered.stdout
+    assert f"gallery: {OUT}/index.html" in rendered.stdout.splitlines()
     s3.client.download_file(BUCKET, "out/metadata.parquet", str(tmp_path / "metadata.parquet"))
     records = {r["id"]: r for r in pq.read_table(tmp_path / "metadata.parquet").to_pylist()}
     assert sorted(records) == ["dusk", "fox-in-snow", "ocean-waves", "sunrise"]

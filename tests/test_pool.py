@@ -286,6 +286,9 @@ def test_what_a_task_reports_becomes_the_dispatchers_status(report, status, writ
 
 def test_a_restarting_replica_takes_no_task_until_it_is_up_again():
     world = World(replicas=2)
+    # the run's metrics count restarts through this hook
+    restarts = []
+    world.pool.on_restart = lambda: restarts.append(len(world.replicas[0].restarts))
     world.submit("a", "b")
     world.dies(0, "a")
     assert world.wait() == {"a": (CRASHED, DEATH.message)}
@@ -299,6 +302,8 @@ def test_a_restarting_replica_takes_no_task_until_it_is_up_again():
     world.comes_back(0)
     world.wait()
     assert world.pool.free == 2
+    # one death, one restart counted: a replica asked again whether it is up is not restarted anew
+    assert restarts == [0]
     world.submit("d")
     assert world.replicas[0].tasks == ["a", "d"]
 

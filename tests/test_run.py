@@ -223,4 +223,5 @@ def test_readme_command_renders_the_example_in_a_fresh_process(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "done: 4 ok" in proc.stdout
+    assert f"gallery: {out / 'index.html'}" in proc.stdout.splitlines()
     assert len(check_invariants(out, ["fox-in-snow", "ocean-waves", "sunrise", "dusk"], proc.returncode)) == 4

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
+from jobs.cli import main
 from renderer.metadata import schema
 from renderer.paths import video_relpath
 from renderer.sheet import GAP, LABEL_WIDTH, write_sheet
@@ -77,3 +80,22 @@ def test_a_run_without_a_rendered_video_says_so_and_writes_nothing(run_out):
     with pytest.raises(ValueError, match="no `ok` row"):
         write_sheet(out, failed, out / "none.png")
     assert not (out / "none.png").exists()
+
+
+def test_render_preview_sheet_draws_the_runs_videos_and_leaves_the_run_alone(run_out):
+    out, table, _ = run_out
+    pq.write_table(table, out / "metadata.parquet")
+    before = sorted(path.name for path in out.rglob("*"))
+    result = CliRunner().invoke(main, ["preview", str(out), "--sheet", str(out.parent / "sheet.png"), "--frames", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"drew 2 videos into {out.parent / 'sheet.png'}"
+    assert Image.open(out.parent / "sheet.png").height == GAP + 2 * (96 + GAP)
+    # no gallery, no poster, no lock: the sheet only reads the run
+    assert sorted(path.name for path in out.rglob("*")) == before
+
+
+def test_render_preview_sheet_of_a_folder_without_a_run_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["preview", str(tmp_path), "--sheet", str(tmp_path / "sheet.png")])
+    assert result.exit_code == 2
+    assert "no metadata.parquet there" in result.output
+    assert not (tmp_path / "sheet.png").exists()
