@@ -175,19 +175,26 @@
     });
   }
 
-  let viewPending = false;
-  function scheduleView() {
-    if (viewPending) return;
-    viewPending = true;
-    requestAnimationFrame(() => {
-      viewPending = false;
-      computeView();
-      if (timings.firstCards === null && live.size) {
-        // after this frame is painted
-        setTimeout(() => { timings.firstCards = timings.firstCards || performance.now(); }, 0);
-      }
-    });
+  // `work` once before the next frame, however often it is asked for until then
+  function oncePerFrame(work) {
+    let pending = false;
+    return () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => {
+        pending = false;
+        work();
+      });
+    };
   }
+
+  const scheduleView = oncePerFrame(() => {
+    computeView();
+    if (timings.firstCards === null && live.size) {
+      // after this frame is painted
+      setTimeout(() => { timings.firstCards = timings.firstCards || performance.now(); }, 0);
+    }
+  });
 
   // ---- the virtual grid
 
@@ -239,15 +246,7 @@
     if (card.style.width !== width) card.style.width = width;
   }
 
-  let renderPending = false;
-  function scheduleRender() {
-    if (renderPending) return;
-    renderPending = true;
-    requestAnimationFrame(() => {
-      renderPending = false;
-      render();
-    });
-  }
+  const scheduleRender = oncePerFrame(() => render());
 
   // ---- cards
 
