@@ -33,6 +33,7 @@ def main():
       render run examples/example.parquet --out out/     (then open out/index.html)
       render validate examples/example.parquet --gpus 8
       render preview out/ --sheet sheet.png
+      render verify out/ --deep
       render models
 
     \b
@@ -396,7 +397,7 @@ def _print_verify_report(report, out: str, deep: bool) -> None:
                 *[(p.row_id or "-", p.file, p.kind, p.detail) for p in report.problems]]
         widths = [max(len(row[column]) for row in rows) for column in range(3)]
         for row in rows:
-            click.echo("  ".join([*(value.ljust(width) for value, width in zip(row, widths, strict=False)), row[3]]))
+            click.echo("  ".join([*(value.ljust(width) for value, width in zip(row[:3], widths, strict=True)), row[3]]))
     counts = {kind: sum(p.kind == kind for p in report.problems) for kind in (MISSING, TRUNCATED, CORRUPT, NO_RECORD)}
     found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "all as recorded"
     click.echo(f"checked {report.checked} files{' (deep)' if deep else ''} in {out}: {found}")
