@@ -75,9 +75,10 @@ def check(out, table, deep: bool, workers: int) -> Report:
     """The problems of `table`'s files in `out`: presence and size from one listing; checksum and decode when `deep`."""
     sizes = {f"{VIDEOS_DIR}/{name}": size for name, size in storage.file_sizes(storage.join(out, VIDEOS_DIR)).items()}
     expected = _expected(table)
-    problems = [problem for item in expected if (problem := _listed_problem(item, sizes.get(item.file)))]
+    listed = [(item, _listed_problem(item, sizes.get(item.file))) for item in expected]
+    problems = [problem for _, problem in listed if problem]
     if deep:
-        listed_fine = [item for item in expected if item.file in sizes and not _listed_problem(item, sizes[item.file])]
+        listed_fine = [item for item, problem in listed if problem is None]
         with ThreadPoolExecutor(workers) as pool:
             problems += [problem for problem in pool.map(lambda item: _read_problem(out, item), listed_fine) if problem]
     recorded = _recorded_files(table)
