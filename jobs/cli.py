@@ -8,6 +8,7 @@ import click
 
 from renderer import storage
 from renderer.errors import ConfigError, TableError, WriteFailed
+from renderer.metadata import VIDEO_MISSING, VIDEO_SIZE_DIFFERS
 from renderer.paths import METADATA_FILE
 from renderer.request import MAX_FRAMES
 from renderer.run import PARALLEL_MODES
@@ -17,6 +18,10 @@ Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest comple
 stopped after repeated write failures, or its metadata could not be written; 2 usage or table-level
 error (nothing rendered).
 """
+
+# a resumed run's summary: why rows recorded ok were rendered again
+RERENDER_REASONS = {VIDEO_MISSING: "their recorded video was missing",
+                    VIDEO_SIZE_DIFFERS: "their video's size differed from the record (truncated or replaced)"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,6 +33,7 @@ def main():
       render run examples/example.parquet --out out/     (then open out/index.html)
       render validate examples/example.parquet --gpus 8
       render preview out/ --sheet sheet.png
+      render verify out/ --deep
       render models
 
     \b
@@ -349,6 +355,57 @@ def _write_gallery(out: str, table) -> None:
 
 
 @main.command()
+@click.argument("out", metavar="OUT")
+@click.option("--deep", is_flag=True, help="Also read every file back: its checksum, and a full decode of each video "
+                                           "with the recorded frame count, size and fps.")
+@click.option("--repair", is_flag=True, help="Record the rows whose file is bad as failed, so that the next `render "
+                                             "run` renders them again (files with no record are only reported).")
+def verify(out, deep, repair):
+    """Check that the files of the run in OUT (a folder or an object-store prefix) are the ones its records say
+    were committed: every `ok` row's video (and poster) present with its recorded size, and with --deep the
+    same checksum and a video that decodes whole as recorded. Files in OUT/videos that no record names are
+    reported too.
+
+    \b
+    Exit codes: 0 every file as recorded; 1 something is wrong (listed); 2 OUT has no readable metadata.parquet.
+
+    \b
+    Examples:
+      render verify out/
+      render verify s3://bucket/runs/e --deep
+      render verify out/ --deep --repair && render run TABLE --out out/
+    """
+    from renderer.verify import verify as verify_run
+
+    try:
+        report = verify_run(out, deep=deep, repair=repair)
+    except ConfigError as exc:
+        _table_error(exc)
+    except WriteFailed as exc:
+        click.echo(f"error: the repaired records could not be saved: {exc}. The previous {METADATA_FILE} is intact.",
+                   err=True)
+        sys.exit(1)
+    _print_verify_report(report, out, deep)
+    sys.exit(1 if report.problems else 0)
+
+
+def _print_verify_report(report, out: str, deep: bool) -> None:
+    from renderer.verify import CORRUPT, MISSING, NO_RECORD, TRUNCATED
+
+    if report.problems:
+        rows = [("id", "file", "problem", "detail"),
+                *[(p.row_id or "-", p.file, p.kind, p.detail) for p in report.problems]]
+        widths = [max(len(row[column]) for row in rows) for column in range(3)]
+        for row in rows:
+            click.echo("  ".join([*(value.ljust(width) for value, width in zip(row[:3], widths, strict=True)), row[3]]))
+    counts = {kind: sum(p.kind == kind for p in report.problems) for kind in (MISSING, TRUNCATED, CORRUPT, NO_RECORD)}
+    found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "all as recorded"
+    click.echo(f"checked {report.checked} files{' (deep)' if deep else ''} in {out}: {found}")
+    if report.repaired:
+        click.echo(f"repaired: {report.repaired} rows recorded failed; the next `render run` renders them again")
+
+
+@main.command()
 def models():
     """List model presets and families: inputs, native window, knobs and real checkpoints."""
     from renderer.families.registry import FAMILIES, VARIANTS
@@ -416,6 +473,8 @@ def _print_summary(summary, out: str) -> None:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     skipped = f" ({summary.skipped} already rendered, skipped)" if summary.skipped else ""
     click.echo(f"done: {counts}{skipped} -> {storage.join(out, METADATA_FILE)}")
+    for reason, rows in sorted(summary.rerendered.items()):
+        click.echo(f"  {rows} re-rendered: {RERENDER_REASONS[reason]}")
     for row_id, error in summary.errors:
         click.echo(f"  {row_id!r}: {error}")
     if summary.gallery:

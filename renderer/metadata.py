@@ -5,6 +5,7 @@ import functools
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import fault_hook, storage
@@ -34,7 +35,14 @@ FIELDS = {
     # long rows (null for a row rendered in one call)
     "chunk_mode": "string", "chunk_plan": "string", "chunk_actors": "list<string>",
     "seams": "list<float64>", "drift": "list<float64>",
+    # what the encode committed (ok rows): each file's size in bytes and sha256, which resume and `render verify`
+    # compare with the file found (null in records of runs from before them, and for a row without a poster)
+    "video_bytes": "int64", "video_sha256": "string", "poster_bytes": "int64", "poster_sha256": "string",
 }
+# why an ok record of the previous run was rendered again (MetadataStore.rerendered): its video is gone, or is not
+# the file that was committed
+VIDEO_MISSING = "missing"
+VIDEO_SIZE_DIFFERS = "size differs"
 
 
 def request_record(request: RenderRequest, status: str, error: str | None, attempts: int, info: dict) -> dict:
@@ -52,6 +60,8 @@ def request_record(request: RenderRequest, status: str, error: str | None, attem
         "chunk_mode": request.chunk_mode,
         "chunk_plan": json.dumps([[c.start, c.end] for c in request.plan]) if chunked else None,
         "chunk_actors": info.get("chunk_actors"), "seams": info.get("seams"), "drift": info.get("drift"),
+        "video_bytes": info.get("video_bytes"), "video_sha256": info.get("video_sha256"),
+        "poster_bytes": info.get("poster_bytes"), "poster_sha256": info.get("poster_sha256"),
     }
 
 
@@ -83,8 +93,10 @@ class MetadataStore:
         self._interval = flush_every
         self._previous = self._read_previous() if resume else _empty()
         self._previous_rows = {row_id: i for i, row_id in enumerate(self._previous.column("id").to_pylist())}
-        # the video files in place, listed on first need
-        self._videos: set[str] | None = None
+        # the video files in place (relative path -> size in bytes), listed on first need
+        self._videos: dict[str, int] | None = None
+        # previous ok records rendered again, by reason (VIDEO_MISSING, VIDEO_SIZE_DIFFERS)
+        self.rerendered: Counter = Counter()
         # the records converted so far
         self._table = _empty()
         # records added since the last conversion
@@ -94,18 +106,22 @@ class MetadataStore:
         self._last_flush = time.monotonic()
 
     def carry(self, request: RenderRequest) -> bool:
-        """Keep the previous run's record if this exact request is already rendered and its video is in place."""
+        """Keep the previous run's record if this exact request is already rendered and its video is in place,
+        the size on record (records from before sizes: any size). Otherwise the row renders again, and a video
+        missing or of another size is counted in `rerendered`."""
         row = self._previous_rows.get(request.id)
         if row is None:
             return False
-        status, fingerprint, video_path = (self._previous.column(name)[row].as_py()
-                                           for name in ("status", "fingerprint", "video_path"))
+        status, fingerprint, video_path, recorded = (self._previous.column(name)[row].as_py()
+                                                     for name in ("status", "fingerprint", "video_path", "video_bytes"))
         if status != "ok" or fingerprint != request.fingerprint or video_path is None:
             return False
         if self._videos is None:
-            names = storage.file_names(storage.join(self.out_dir, VIDEOS_DIR))
-            self._videos = {f"{VIDEOS_DIR}/{name}" for name in names}
-        if video_path not in self._videos:
+            sizes = storage.file_sizes(storage.join(self.out_dir, VIDEOS_DIR))
+            self._videos = {f"{VIDEOS_DIR}/{name}": size for name, size in sizes.items()}
+        size = self._videos.get(video_path)
+        if size is None or (recorded is not None and size != recorded):
+            self.rerendered[VIDEO_MISSING if size is None else VIDEO_SIZE_DIFFERS] += 1
             return False
         self._carried.append(row)
         return True

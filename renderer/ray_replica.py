@@ -119,15 +119,16 @@ class RenderActor:
 @ray.remote(num_cpus=0, max_retries=0)
 def encode(frames, info: dict, final_path: str, fps: int, row_id: str) -> dict:
     """Encode to `final_path`, a local path or an object URI (uploaded from this worker when done), and its poster
-    beside it."""
+    beside it; the info gains the size and checksum of each file committed (what resume and `render verify` trust)."""
     from .paths import poster_relpath
     from .video import write_mp4, write_poster
 
     start = time.perf_counter()
     # the poster first: a committed video always has its poster
-    write_poster(frames[0], poster_relpath(final_path))
-    write_mp4(frames, final_path, fps, row_id)
-    return {**info, "encode_seconds": time.perf_counter() - start}
+    poster = write_poster(frames[0], poster_relpath(final_path))
+    video = write_mp4(frames, final_path, fps, row_id)
+    return {**info, "encode_seconds": time.perf_counter() - start, "video_bytes": video.size,
+            "video_sha256": video.checksum, "poster_bytes": poster.size, "poster_sha256": poster.checksum}
 
 
 class RayReplica:

@@ -108,6 +108,9 @@ class RunSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)
     # already rendered by an earlier run
     skipped: int = 0
+    # rendered by an earlier run, rendered again because its video was missing or not the file committed
+    # (metadata.VIDEO_MISSING, VIDEO_SIZE_DIFFERS -> rows)
+    rerendered: Counter = field(default_factory=Counter)
     # why the run stopped taking new work, if it did
     stopped: str | None = None
     # the gallery's page, unless it could not be written
@@ -163,6 +166,7 @@ def _run_locked(config: RunConfig, checked: CheckedRows, connect, actor_class) -
         store.add(record)
     todo = [request for request in checked.requests if not store.carry(request)]
     summary.skipped = len(checked.requests) - len(todo)
+    summary.rerendered = store.rerendered
     try:
         _render(todo, config, store, connect, breaker, actor_class, checked.rejected)
     finally:

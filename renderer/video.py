@@ -16,9 +16,10 @@ POSTER_SIDE = 320
 POSTER_QUALITY = 85
 
 
-def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> None:
+def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "") -> storage.Digest:
     """Encode uint8 frames (F, H, W, 3) to `final` (a local path or an object URI); a crash never leaves a
-    partial file there (see storage.writing). `row_id` names the row for fault injection (see fault_hook.py)."""
+    partial file there (see storage.writing). `row_id` names the row for fault injection (see fault_hook.py).
+    Returns the size and checksum of the bytes committed."""
     import av
 
     count, height, width, _ = frames.shape
@@ -32,11 +33,13 @@ def write_mp4(frames: np.ndarray, final: str | Path, fps: int, row_id: str = "")
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             # the frames the encoder still holds
             container.mux(stream.encode())
+        return storage.digest(temp)
 
 
-def write_poster(frame: np.ndarray, final: str | Path) -> None:
+def write_poster(frame: np.ndarray, final: str | Path) -> storage.Digest:
     """Write one uint8 frame (H, W, 3) as a JPEG at `final` (a local path or an object URI), scaled down to
-    POSTER_SIDE on its longer side with its aspect kept, under the same atomic rule as the videos."""
+    POSTER_SIDE on its longer side with its aspect kept, under the same atomic rule as the videos. Returns the
+    size and checksum of the bytes committed."""
     from PIL import Image
 
     image = Image.fromarray(np.ascontiguousarray(frame))
@@ -46,6 +49,7 @@ def write_poster(frame: np.ndarray, final: str | Path) -> None:
                              Image.Resampling.LANCZOS)
     with storage.writing(final, content_type="image/jpeg") as temp:
         image.save(temp, format="JPEG", quality=POSTER_QUALITY)
+        return storage.digest(temp)
 
 
 def decode(source, limit: int | None = None, size: tuple[int, int] | None = None) -> tuple[list, float]:
