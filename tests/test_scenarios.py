@@ -5,6 +5,7 @@ and files with check_invariants."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,45 @@ except SystemExit as end:
     print(f"ray started: {ray.is_initialized()}", file=sys.stderr)
     sys.exit(end.code)
 """
+
+# a run on an embedded Ray of an 80 MiB object store spilling to the folder given first, with a stand-in for the
+# render actor (run()'s actor_class, as bench/scaling.py uses it) that returns each row's large frames at once (a
+# tiny preset takes over a minute per 512x512 row of 16 frames on the test machine's CPU). Prints the store's
+# statistics on stderr
+SMALL_STORE_DRIVER = """
+import json
+import os
+import socket
+import sys
+import numpy as np
+import ray
+from ray._private.internal_api import memory_summary
+from renderer.run import RunConfig, run
+
+@ray.remote
+class InstantFrames:
+    def __init__(self, model, device, threads, load_options):
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def ready(self):
+        return ray.get_runtime_context().get_node_id()
+
+    @ray.method(num_returns=2)
+    def render(self, request):
+        ramp = np.linspace(0, 255, request.width, dtype=np.uint8)
+        frames = np.broadcast_to(ramp[None, None, :, None], (request.num_frames, request.height, request.width, 3))
+        return np.ascontiguousarray(frames), {"seconds": 0.0, "gpu": "cpu", "actor": self.name, "recoveries": []}
+
+spilling = {"type": "filesystem", "params": {"directory_path": sys.argv[1]}}
+ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=80 * 2**20,
+         _system_config={"object_spilling_config": json.dumps(spilling)})
+summary = run(RunConfig(tables=(sys.argv[2],), out=sys.argv[3], model="tiny-animatediff", actors=2,
+                        threads_per_actor=1), actor_class=InstantFrames)
+print(memory_summary(ray.get_runtime_context().gcs_address, stats_only=True), file=sys.stderr)
+sys.exit(summary.exit_code)
+"""
+
+
 def rows(ids, **values) -> list[dict]:
     return [dict(id=i, prompt=f"scene {i}", **{**FAST, **values}) for i in ids]
 
@@ -217,3 +257,25 @@ def test_actors_killed_five_times_during_a_run_cost_no_row_and_change_no_frame(r
         undisturbed, _ = read_mp4(tmp_path / "calm" / calm_records[row_id]["video_path"])
         assert np.array_equal(frames, undisturbed), row_id
 
+
+
+# ---------------------------------------------------------------- a small object store, large frames
+
+def test_large_frames_through_a_small_object_store_spill_and_every_row_renders(tmp_path, inject):
+    """Ten rows of 640x640x16 frames (20 MB each, one model window) from two actors through an 80 MiB object store,
+    their encodes paused 5 s each so that rendered frames pile up waiting for them (up to 8 rows, 160 MB): they
+    spill to disk, and the run finishes with every row ok."""
+    ids = [f"big{i}" for i in range(10)]
+    inject(*({"point": "encode", "fault": "slow", "id": i, "times": 1} for i in ids))
+    table = write_table(tmp_path / "t.parquet", rows(ids, height=640, width=640, num_frames=16))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-c", SMALL_STORE_DRIVER, str(tmp_path / "spill"), str(table), str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert len(faults.fired("encode", fault="slow")) == len(ids)
+    assert "ObjectStoreFullError" not in result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = check_invariants(out, ids, result.returncode)
+    assert {(r["status"], r["attempts"], r["width"], r["num_frames"]) for r in records.values()} == {("ok", 1, 640, 16)}
+    spilled = re.search(r"Spilled (\d+) MiB, (\d+) objects", result.stderr)
+    assert spilled and int(spilled[1]) >= 19 and int(spilled[2]) >= 1, result.stderr[-3000:]
