@@ -143,7 +143,11 @@ def run(config: RunConfig, checked: CheckedRows | None = None, connect: Callable
     so a run with nothing left to render never starts it. `actor_class` replaces ray_replica.RenderActor (a
     stand-in with its interface, for benchmarks of the orchestration alone)."""
     checked = checked or check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
-    storage.make_dirs(config.out)
+    try:
+        storage.make_dirs(config.out)
+    except OSError as exc:
+        # a regular file on the way, a read-only or virtual filesystem: a usage error, before Ray starts
+        raise ConfigError(f"{config.out}: cannot create the output folder ({exc})") from None
     # before cleaning: temporary files may be another live run's
     with output_lock(config.out):
         # before cleaning too: never delete through a planted link
