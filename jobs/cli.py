@@ -308,11 +308,11 @@ def preview(out, sheet, frames, limit):
       render preview s3://bucket/runs/e
       render preview out/ --sheet sheet.png --frames 6 --limit 10
     """
-    from renderer import gallery
+    from renderer.metadata import read_records
     from renderer.paths import output_lock
 
     try:
-        table = gallery.read_records(out)
+        table = read_records(out)
         if sheet:
             _write_sheet(out, table, sheet, frames, limit)
             return

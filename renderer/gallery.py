@@ -38,8 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import storage
-from .errors import ConfigError
-from .paths import GALLERY_DIR, GALLERY_FILE, METADATA_FILE, VIDEOS_DIR, poster_relpath
+from .paths import GALLERY_DIR, GALLERY_FILE, VIDEOS_DIR, poster_relpath
 from .video import decode, write_poster
 
 ROWS_PER_FILE = 2000
@@ -76,18 +75,6 @@ def write(out, table) -> str:
         if DATA_FILE.match(name):
             storage.delete(storage.join(folder, name))
     return page
-
-
-def read_records(out):
-    """The records of the run in `out`; ConfigError naming the path when there are none or they are unreadable."""
-    path = storage.join(out, METADATA_FILE)
-    try:
-        if storage.kind(path) != "file":
-            raise ConfigError(f"{path}: no {METADATA_FILE} there; is {out} the --out of a `render run`?")
-        return storage.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        # a damaged file, an unreachable store (pyarrow's errors are OSError or ValueError)
-        raise ConfigError(f"{path}: cannot read the run's records ({exc})") from None
 
 
 def write_missing_posters(out, table) -> tuple[int, list[str]]:

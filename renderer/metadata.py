@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import fault_hook, storage
-from .errors import WriteFailed
+from .errors import ConfigError, WriteFailed
 from .paths import METADATA_FILE, VIDEOS_DIR
 from .request import RenderRequest
 
@@ -77,6 +77,18 @@ def rejected_record(row: dict, error: str) -> dict:
     model, prompt = row.get("model"), row.get("prompt")
     return {"id": row["id"], "status": "rejected", "error": error, "attempts": 0,
             "model": model if isinstance(model, str) else None, "prompt": prompt if isinstance(prompt, str) else None}
+
+
+def read_records(out):
+    """The records of the run in `out`; ConfigError naming the path when there are none or they are unreadable."""
+    path = storage.join(out, METADATA_FILE)
+    try:
+        if storage.kind(path) != "file":
+            raise ConfigError(f"{path}: no {METADATA_FILE} there; is {out} the --out of a `render run`?")
+        return storage.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        # a damaged file, an unreachable store (pyarrow's errors are OSError or ValueError)
+        raise ConfigError(f"{path}: cannot read the run's records ({exc})") from None
 
 
 class MetadataStore:

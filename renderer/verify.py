@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import storage
-from .gallery import read_records
+from .metadata import read_records
 from .paths import METADATA_FILE, VIDEOS_DIR, output_lock, poster_relpath, video_relpath
 from .video import decode
 

@@ -4,6 +4,7 @@ killed again and again during a run. Each test first proves that its fault happe
 and files with check_invariants."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -227,6 +228,8 @@ def test_a_slow_encode_outlives_its_actor_and_the_row_timeout_and_commits_once_w
     assert [p.name for p in out.glob("videos/*.mp4")].count(Path(video_relpath("slow")).name) == 1
     # the one file at the row's path is the one its record describes: committed after the kill, before the record
     assert killed_at < (out / slow["video_path"]).stat().st_mtime <= slow["finished_at"]
+    committed = (out / slow["video_path"]).read_bytes()
+    assert (len(committed), hashlib.sha256(committed).hexdigest()) == (slow["video_bytes"], slow["video_sha256"])
     # the kill cost one attempt at most, to the row the actor was rendering (if it was rendering one by then)
     assert sum(records[i]["attempts"] for i in ids[1:]) in (3, 4)
 
