@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -115,6 +116,22 @@ def copy_example(tmp_path: Path) -> Path:
     folder = tmp_path / "example"
     shutil.copytree(EXAMPLE.parent, folder, ignore=shutil.ignore_patterns("*.py"))
     return folder / EXAMPLE.name
+
+
+def own_ray_workers(title: str) -> list[int]:
+    """The pids of this test session's own Ray workers whose title starts with `title` (Ray titles a busy worker
+    after the method it executes, e.g. "ray::RenderActor.render"): they descend from this process, the workers of
+    another Ray on the machine do not."""
+    pids = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(process.cmdline())
+        # gone meanwhile
+        except psutil.Error:
+            continue
+        if line.startswith(title):
+            pids.append(process.pid)
+    return pids
 
 
 def free_port() -> int:

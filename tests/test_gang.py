@@ -9,6 +9,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 import renderer
+from conftest import own_ray_workers
 from renderer.options import LoadOptions
 from renderer.ray_replica import RenderActor
 from renderer.request import to_request
@@ -105,21 +106,13 @@ def alone(ray_session, tmp_path_factory):
 
 
 def live_render_actors(settle_s: float = 10.0) -> int:
-    """RenderActor processes still running on this machine, once those being killed had `settle_s` to exit."""
+    """This session's RenderActor processes still running, once those being killed had `settle_s` to exit."""
     import time
-    from pathlib import Path
 
     deadline = time.monotonic() + settle_s
-    while True:
-        running = 0
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                running += cmdline.read_bytes().startswith(b"ray::RenderActor")
-            except OSError:
-                continue
-        if not running or time.monotonic() > deadline:
-            return running
+    while (running := len(own_ray_workers("ray::RenderActor"))) and time.monotonic() < deadline:
         time.sleep(0.5)
+    return running
 
 
 def test_render_run_with_two_gpus_per_video_renders_the_frames_of_one(alone, tmp_path):

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import ROOT, copy_example, read_metadata, write_table
+from conftest import ROOT, copy_example, own_ray_workers, read_metadata, write_table
 from invariants import check_invariants
 from jobs.cli import main
 from renderer.paths import video_relpath
@@ -197,23 +196,14 @@ def test_a_killed_actor_row_is_retried_on_a_fresh_actor(ray_session, tmp_path):
 
 
 def kill_actor_mid_row(timeout: float) -> int | None:
-    """SIGKILL the first process busy in RenderActor.render (Ray names busy workers after the method) of this
-    test's own Ray: its workers descend from this process, another Ray's on the machine do not."""
+    """SIGKILL the first process busy in RenderActor.render of this test's own Ray."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc in psutil.Process().children(recursive=True):
-            if "ray::RenderActor.render" in " ".join(command_line(proc)):
-                os.kill(proc.pid, signal.SIGKILL)
-                return proc.pid
+        for pid in own_ray_workers("ray::RenderActor.render"):
+            os.kill(pid, signal.SIGKILL)
+            return pid
         time.sleep(0.05)
     return None
-
-
-def command_line(proc) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:  # gone meanwhile
-        return []
 
 
 def test_readme_command_renders_the_example_in_a_fresh_process(tmp_path):
