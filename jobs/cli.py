@@ -13,6 +13,9 @@ from renderer.paths import METADATA_FILE
 from renderer.request import MAX_FRAMES
 from renderer.run import PARALLEL_MODES
 
+from .exits import table_error
+from .outputs import preview, verify
+
 EPILOG = """\b
 Exit codes: 0 every row ok; 1 some rows failed or were rejected (the rest completed), or the run
 stopped after repeated write failures, or its metadata could not be written; 2 usage or table-level
@@ -168,7 +171,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, gpus_per_video, con
     try:
         checked = check_rows(config.tables, config.model, config.seed, config.ignore_extra, config.max_frames)
     except TableError as exc:
-        _table_error(exc)
+        table_error(exc)
     if warning := auth_warning(address):
         click.echo(warning, err=True)
     # a stopped Ray Job: record what finished, then exit
@@ -176,7 +179,7 @@ def run(tables, out, address, model, actors, gpus_per_actor, gpus_per_video, con
     try:
         summary = run_all(config, checked, connect=lambda: connect(address, actors))
     except ConfigError as exc:
-        _table_error(exc)
+        table_error(exc)
     except WriteFailed as exc:
         # the final metadata write: what this run rendered is not recorded
         click.echo(f"error: the run's records could not be saved: {exc}. The previous {METADATA_FILE} is intact; "
@@ -221,7 +224,7 @@ def submit(ctx, tables, out, address, job_id, env_vars, pip, **run_opts):
     try:
         submitted = submit_job(submission, job_id)
     except SubmitError as exc:
-        _table_error(exc)
+        table_error(exc)
     click.echo(f"submitted {submitted}: follow it with `render logs {submitted} --follow --address {address}`")
 
 
@@ -279,130 +282,13 @@ def validate(tables, model, ignore_extra, max_frames, gpus):
     try:
         checked = check_rows(tables, model, ignore_extra=ignore_extra, max_frames=max_frames)
     except TableError as exc:
-        _table_error(exc)
+        table_error(exc)
     for record in checked.rejected:
         click.echo(f"rejected {record['id']!r}: {record['error']}")
     click.echo(f"{len(checked.ids)} rows: {len(checked.requests)} ok, {len(checked.rejected)} rejected")
     for line in report(estimate(checked.requests), gpus):
         click.echo(line)
     sys.exit(1 if checked.rejected else 0)
-
-
-@main.command()
-@click.argument("out", metavar="OUT")
-@click.option("--sheet", metavar="PNG", help="Draw a contact sheet into PNG (a path or an object URI) instead: a row "
-                                             "of frames per rendered video, for a terminal, a notebook or a pull "
-                                             "request.")
-@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True,
-              help="--sheet: frames per video, spread evenly from its first to its last.")
-@click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True,
-              help="--sheet: videos drawn, the first rendered ones in the table's order.")
-def preview(out, sheet, frames, limit):
-    """Write the gallery of the run in OUT (a folder or an object-store prefix): OUT/index.html, a page that
-    opens from the folder itself (no server) and shows every row as a card: its poster, its video on hover,
-    its record. Posters missing beside `ok` videos (runs from before posters) are made first.
-
-    \b
-    Examples:
-      render preview out/
-      render preview s3://bucket/runs/e
-      render preview out/ --sheet sheet.png --frames 6 --limit 10
-    """
-    from renderer.metadata import read_records
-    from renderer.paths import output_lock
-
-    try:
-        table = read_records(out)
-        if sheet:
-            _write_sheet(out, table, sheet, frames, limit)
-            return
-        # a writer of OUT like a run: never beside one
-        with output_lock(out):
-            _write_gallery(out, table)
-    except ConfigError as exc:
-        _table_error(exc)
-
-
-def _write_sheet(out: str, table, sheet: str, frames: int, limit: int) -> None:
-    """`render preview --sheet`: reads OUT only, so it needs no lock and may draw a run in progress."""
-    from renderer.sheet import write_sheet
-
-    try:
-        drawn = write_sheet(out, table, sheet, frames=frames, limit=limit)
-    except ValueError as exc:
-        _table_error(exc)
-    except WriteFailed as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    click.echo(f"drew {drawn} videos into {sheet}")
-
-
-def _write_gallery(out: str, table) -> None:
-    """`render preview`'s page: the missing posters, then OUT/index.html, whose location it prints."""
-    from renderer import gallery
-
-    written, problems = gallery.write_missing_posters(out, table)
-    for problem in problems:
-        click.echo(f"warning: {problem}", err=True)
-    if written:
-        click.echo(f"wrote {written} missing posters")
-    try:
-        page = gallery.write(out, table)
-    except WriteFailed as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    click.echo(page)
-
-
-@main.command()
-@click.argument("out", metavar="OUT")
-@click.option("--deep", is_flag=True, help="Also read every file back: its checksum, and a full decode of each video "
-                                           "with the recorded frame count, size and fps.")
-@click.option("--repair", is_flag=True, help="Record the rows whose file is bad as failed, so that the next `render "
-                                             "run` renders them again (files with no record are only reported).")
-def verify(out, deep, repair):
-    """Check that the files of the run in OUT (a folder or an object-store prefix) are the ones its records say
-    were committed: every `ok` row's video (and poster) present with its recorded size, and with --deep the
-    same checksum and a video that decodes whole as recorded. Files in OUT/videos that no record names are
-    reported too.
-
-    \b
-    Exit codes: 0 every file as recorded; 1 something is wrong (listed); 2 OUT has no readable metadata.parquet.
-
-    \b
-    Examples:
-      render verify out/
-      render verify s3://bucket/runs/e --deep
-      render verify out/ --deep --repair && render run TABLE --out out/
-    """
-    from renderer.verify import verify as verify_run
-
-    try:
-        report = verify_run(out, deep=deep, repair=repair)
-    except ConfigError as exc:
-        _table_error(exc)
-    except WriteFailed as exc:
-        click.echo(f"error: the repaired records could not be saved: {exc}. The previous {METADATA_FILE} is intact.",
-                   err=True)
-        sys.exit(1)
-    _print_verify_report(report, out, deep)
-    sys.exit(1 if report.problems else 0)
-
-
-def _print_verify_report(report, out: str, deep: bool) -> None:
-    from renderer.verify import CORRUPT, MISSING, NO_RECORD, TRUNCATED
-
-    if report.problems:
-        rows = [("id", "file", "problem", "detail"),
-                *[(p.row_id or "-", p.file, p.kind, p.detail) for p in report.problems]]
-        widths = [max(len(row[column]) for row in rows) for column in range(3)]
-        for row in rows:
-            click.echo("  ".join([*(value.ljust(width) for value, width in zip(row[:3], widths, strict=True)), row[3]]))
-    counts = {kind: sum(p.kind == kind for p in report.problems) for kind in (MISSING, TRUNCATED, CORRUPT, NO_RECORD)}
-    found = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) or "all as recorded"
-    click.echo(f"checked {report.checked} files{' (deep)' if deep else ''} in {out}: {found}")
-    if report.repaired:
-        click.echo(f"repaired: {report.repaired} rows recorded failed; the next `render run` renders them again")
 
 
 @main.command()
@@ -454,19 +340,14 @@ def _job_verb(verb, address, job_id, *args, **kwargs):
     try:
         return verb(address, job_id, *args, **kwargs)
     except SubmitError as exc:
-        _table_error(exc)
+        table_error(exc)
     except RuntimeError as exc:
         # the job client's "job does not exist" and the like
-        _table_error(exc)
+        table_error(exc)
 
 
 def _stop_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
-
-
-def _table_error(exc: Exception):
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
 
 
 def _print_summary(summary, out: str) -> None:
@@ -483,6 +364,10 @@ def _print_summary(summary, out: str) -> None:
         click.echo(f"stopped early: {summary.stopped}. Free space (or fix the output), then run the same command "
                    "again: it renders the rows left.")
 
+
+# the commands that look at a run's output
+main.add_command(preview)
+main.add_command(verify)
 
 if __name__ == "__main__":
     main()
