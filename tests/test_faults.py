@@ -174,7 +174,8 @@ def test_a_full_disk_fails_the_row_naming_the_path_after_max_attempts_and_leaves
 
 def test_writes_failing_for_three_rows_in_a_row_stop_the_run_and_the_same_command_completes_later(
         ray_session, tmp_path, inject, monkeypatch):
-    ids = [f"r{i}" for i in range(6)]
+    # more rows than 3 failures plus the encodes one actor can have in flight (4), however slow each encode is
+    ids = [f"r{i}" for i in range(10)]
     inject(*({"point": "encode", "fault": "enospc", "id": i} for i in ids))  # the disk is full for every row
     out = tmp_path / "out"
     full = render(tmp_path, ids, out, "--actors", 1, "--max-attempts", 1)
