@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, read_metadata
 from renderer.testing.videos import read_mp4
 
@@ -27,7 +29,10 @@ def test_scaling_benchmark_runs_every_row_through_the_real_run_on_stand_in_actor
         assert result["exit_code"] == 0
         assert result["actors_used"] == result["actors"]
         assert not result["torch_in_actors"]  # the stand-in stays light: 64 of them must fit in memory
-        assert 0 < result["efficiency"] <= 1.2 and 0 < result["vs_ideal"] <= 1.2
+        # each actor sleeps the step for each of its rows in turn, so no run beats the ideal; how far below it a
+        # run lands is a timing on a shared machine and is left to the benchmark's table
+        assert 0 < result["vs_ideal"] <= 1
+        assert result["efficiency"] == pytest.approx(result["vs_ideal"] / report["results"][0]["vs_ideal"])
         assert result["ideal_rows_s"] == result["actors"] / 0.2
         assert result["wall_s"] > 0 and result["driver_cpu_s"] >= 0 and 0 <= result["machine_cpu"] <= 1
     assert report["results"][0]["efficiency"] == 1.0  # the baseline, by definition
