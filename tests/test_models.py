@@ -54,6 +54,18 @@ def test_knobs_reach_the_pipeline(svd, animatediff, image_file):
     assert np.array_equal(default, animatediff.render(text))  # the scheduler choice does not leak to the next row
 
 
+def test_svd_guidance_ramp_that_ends_unguided_is_rejected_before_the_pipeline_fails_on_it(svd, image_file):
+    image = Image.open(image_file).convert("RGB")
+    # the plain call encodes the image unguided but guides the steps: it cannot render this row
+    with pytest.raises(RuntimeError):
+        svd.pipeline(image, height=64, width=64, num_frames=4, num_inference_steps=2, min_guidance_scale=2.0,
+                     max_guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(1), output_type="np")
+    row = {"id": "g", "image": str(image_file), "seed": 1, "num_frames": 4, "guidance_scale": 1.0}
+    with pytest.raises(RowRejected, match="params.min_guidance_scale=2.0"):
+        svd.render({**row, "params": '{"min_guidance_scale": 2.0}'})
+    assert svd.render({**row, "guidance_scale": 1.5, "params": '{"min_guidance_scale": 2.0}'}).shape == (4, 64, 64, 3)
+
+
 def test_unknown_knob_is_rejected_by_the_api_too(animatediff):
     with pytest.raises(RowRejected, match="params.strength"):
         animatediff.render({"prompt": "x", "params": '{"strength": 0.3}'})

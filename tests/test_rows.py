@@ -73,6 +73,8 @@ BAD_ROWS = [  # (row, column named in the error, words of the rule)
     # family rules over several fields, checked on the driver before any weights load
     ({"model": "tiny-t2v-zero", "prompt": "x", "params": '{"t1": 9}'}, "params.t1", "must be < num_inference_steps"),
     ({"model": "tiny-t2v-zero", "prompt": "x", "guidance_scale": 1.0}, "guidance_scale", "must be > 1"),
+    ({"model": "tiny-svd", "image": "cond.png", "guidance_scale": 1.0, "params": '{"min_guidance_scale": 2.0}'},
+     "params.min_guidance_scale", "must be <= 1 when guidance_scale"),
     ({"model": "tiny-controlnet-video", "prompt": "x", "video": "clip.mp4",
       "params": '{"control_guidance_start": 0.8, "control_guidance_end": 0.2}'}, "params.control_guidance_start",
      "must be below"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..chunks import ANCHORED, CHAIN, LatentLayout
+from ..errors import RowRejected
 from .base import Defaults, Family
 from .components import clip_image_encoder, clip_image_processor, scheduler
 from .params import Param
@@ -42,6 +43,14 @@ class StableVideoDiffusion(Family):
             use_karras_sigmas=True)
         return dict(vae=vae, image_encoder=clip_image_encoder(size), unet=unet, scheduler=euler,
                     feature_extractor=clip_image_processor())
+
+    def check_request(self, request):
+        # the pipeline encodes the image once, unguided when max_guidance_scale <= 1, but guides the steps when
+        # any frame's scale is > 1: a ramp from above 1 to at most 1 ends in a tensor size mismatch at render
+        minimum = request.arguments.get("min_guidance_scale", 1.0)
+        if minimum > 1 >= request.guidance_scale:
+            raise RowRejected("params.min_guidance_scale", minimum, "must be <= 1 when guidance_scale (SVD's "
+                              f"max_guidance_scale) is {request.guidance_scale}: the ramp ends unguided")
 
     def pipeline_kwargs(self, request, image, video):
         # `fps` conditions the model and sets the mp4's rate; guidance_scale is SVD's max_guidance_scale
