@@ -9,8 +9,12 @@ __all__ = ["load", "Model", "RowRejected", "TableError", "BadOutput"]
 
 
 def __getattr__(name):
-    if name in ("load", "Model"):
-        from . import model
+    if name == "load":
+        from .loading import load
 
-        return getattr(model, name)
+        return load
+    if name == "Model":
+        from .model import Model
+
+        return Model
     raise AttributeError(name)

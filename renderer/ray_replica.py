@@ -37,7 +37,7 @@ class RenderActor:
         warnings.filterwarnings("ignore", message=r"(torch\.meshgrid|Default grid_sample)")
         import torch
 
-        from .model import load
+        from .loading import load
 
         # never more threads than this node's cores: oversubscribed torch threads spin
         if device == "cpu":
