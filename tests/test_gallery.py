@@ -316,10 +316,15 @@ def test_filters_and_search_narrow_the_cards_to_exactly_the_matching_rows(render
     assert status.first_selected_option.text == "failed (1)"
     status.select_by_value("")
 
+    # the page sorts by the seconds it shows (rounded to 3 places); equal ones stay in input order either way
     seconds = {i: r["seconds"] for i, r in rendered.records.items()}
-    timed = sorted((i for i in IDS if seconds[i] is not None), key=lambda i: (-seconds[i], IDS.index(i)))
+    timed = [i for i in IDS if seconds[i] is not None]
     untimed = [i for i in IDS if seconds[i] is None]
-    orders = {"slowest": timed + untimed, "fastest": timed[::-1] + untimed,
+
+    def by_seconds(direction: int) -> list[str]:
+        return sorted(timed, key=lambda i: (direction * round(seconds[i], 3), IDS.index(i))) + untimed
+
+    orders = {"slowest": by_seconds(-1), "fastest": by_seconds(1),
               "seam": ["long"] + [i for i in IDS if i != "long"], "input": IDS}
     for value, expected in orders.items():
         sort.select_by_value(value)
