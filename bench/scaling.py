@@ -42,6 +42,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from renderer.run import RunConfig, run  # noqa: E402
+from renderer.testing.ports import node_ports  # noqa: E402
 
 FRAMES, SIZE = 2, 16  # per row: tiny, so encoding stays a small share of the machine
 
@@ -105,17 +106,6 @@ class Sampler:
         first = max((s for s in self.samples if s[0] <= start), default=self.samples[0])
         last = min((s for s in self.samples if s[0] >= end), default=self.samples[-1])
         return last[1] - first[1], (last[2] - first[2]) / max(last[3] - first[3], 1e-9)
-
-
-def node_ports() -> dict:
-    """Every node its own agent and metrics ports: the defaults would collide on one machine."""
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    return dict(dashboard_agent_listen_port=free_port(), metrics_agent_port=free_port(),
-                metrics_export_port=free_port(), runtime_env_agent_port=free_port())
 
 
 def start_cluster(nodes: int, slots: int, cpus_per_gpu: int):

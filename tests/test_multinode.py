@@ -8,15 +8,10 @@ import time
 
 import pytest
 
-from conftest import ROOT, free_port, write_table
+from conftest import ROOT, write_table
 from invariants import check_invariants
 from renderer.paths import video_relpath
-
-
-def node_ports() -> dict:
-    # every node its own agent and metrics ports: the defaults would collide on one machine
-    return dict(dashboard_agent_listen_port=free_port(), metrics_agent_port=free_port(),
-                metrics_export_port=free_port(), runtime_env_agent_port=free_port())
+from renderer.testing.ports import node_ports
 
 
 @pytest.fixture

@@ -16,28 +16,23 @@ from cluster.submit import Submission, SubmitError, _client, auth_warning, check
 from conftest import copy_example, read_metadata, write_table
 from invariants import check_invariants
 from jobs.cli import main
+from renderer.testing.ports import listen_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """`ray start --head` on loopback in its own process group, killed whole afterwards (never `ray stop`,
     which would also stop the tests' own local Ray)."""
-    dashboard = free_port()
+    dashboard = listen_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--dashboard-host=127.0.0.1",
+        [str(BIN / "ray"), "start", "--head", f"--port={listen_port()}", "--dashboard-host=127.0.0.1",
          f"--dashboard-port={dashboard}", "--num-cpus=3", "--disable-usage-stats", "--block",
          # its own agent and metrics ports: the defaults are taken by the tests' local Ray on this machine
-         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+         f"--dashboard-agent-listen-port={listen_port()}", f"--dashboard-agent-grpc-port={listen_port()}",
+         f"--metrics-export-port={listen_port()}", f"--runtime-env-agent-port={listen_port()}",
          f"--temp-dir={tmp_path_factory.mktemp('ray')}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
