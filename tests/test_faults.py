@@ -218,3 +218,16 @@ def test_a_failed_metadata_write_keeps_the_previous_file_and_the_run_exits_non_z
     again = render(tmp_path, ["a", "b", "c"], out, "--actors", 1)
     assert again.exit_code == 0 and "(2 already rendered, skipped)" in again.stdout
     check_invariants(out, ["a", "b", "c"], again.exit_code)
+
+
+def test_a_fault_due_once_fires_once_when_many_processes_reach_it_together(tmp_path, inject):
+    # the members of a gang reach their row's render point at the same moment
+    inject({"point": "render", "fault": "raise", "id": "gang-row", "times": 1})
+    racer = ("import sys, time\nfrom renderer.testing import faults\n"
+             "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\nprint(faults.due('render', 'gang-row'))")
+    start = time.time() + 2
+    racers = [subprocess.Popen([sys.executable, "-c", racer, str(start)], stdout=subprocess.PIPE, text=True,
+                               cwd=ROOT) for _ in range(8)]
+    answers = sorted(racer.communicate(timeout=60)[0].strip() for racer in racers)
+    assert answers == ["None"] * 7 + ["raise"]
+    assert len(faults.fired("render", "gang-row", "raise")) == 1

@@ -25,6 +25,7 @@ reaches this module only through renderer/fault_hook.py.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -40,16 +41,22 @@ def due(point: str, row_id: str) -> str | None:
     spec = os.environ.get("RENDER_FAULTS")
     if not spec:
         return None
-    for fault in json.loads(spec):
-        if fault["point"] != point or fault["id"] != row_id:
-            continue
-        if "times" in fault and len(fired(point, row_id, fault["fault"])) >= fault["times"]:
-            continue
-        # one short append: atomic across processes
-        with open(os.environ["RENDER_FAULTS_LOG"], "a") as log:
+    faults = [f for f in json.loads(spec) if f["point"] == point and f["id"] == row_id]
+    if not faults:
+        return None
+    with open(os.environ["RENDER_FAULTS_LOG"], "a+") as log:
+        # counting the firings and logging this one under one lock: the members of a gang reach the same row's
+        # point at the same moment, and a fault due `times` times must fire only that often among them
+        fcntl.flock(log, fcntl.LOCK_EX)
+        log.seek(0)
+        entries = parsed(log)
+        for fault in faults:
+            count = sum(e["point"] == point and e["id"] == row_id and e["fault"] == fault["fault"] for e in entries)
+            if "times" in fault and count >= fault["times"]:
+                continue
             log.write(json.dumps({"point": point, "id": row_id, "fault": fault["fault"], "pid": os.getpid(),
                                   "time": time.time()}) + "\n")
-        return fault["fault"]
+            return fault["fault"]
     return None
 
 
@@ -57,11 +64,16 @@ def fired(point: str | None = None, row_id: str | None = None, fault: str | None
     """The firings logged so far, filtered by whichever of point, id and fault are given."""
     try:
         with open(os.environ["RENDER_FAULTS_LOG"]) as log:
-            entries = [json.loads(line) for line in log if line.strip()]
+            entries = parsed(log)
     except FileNotFoundError:
         return []
     return [e for e in entries if (point is None or e["point"] == point) and (row_id is None or e["id"] == row_id)
             and (fault is None or e["fault"] == fault)]
+
+
+def parsed(log) -> list[dict]:
+    """The firings in an open log."""
+    return [json.loads(line) for line in log if line.strip()]
 
 
 def strike(point: str, row_id: str, value, done: float):
