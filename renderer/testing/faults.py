@@ -51,8 +51,7 @@ def due(point: str, row_id: str) -> str | None:
         log.seek(0)
         entries = parsed(log)
         for fault in faults:
-            count = sum(e["point"] == point and e["id"] == row_id and e["fault"] == fault["fault"] for e in entries)
-            if "times" in fault and count >= fault["times"]:
+            if "times" in fault and len(matching(entries, point, row_id, fault["fault"])) >= fault["times"]:
                 continue
             log.write(json.dumps({"point": point, "id": row_id, "fault": fault["fault"], "pid": os.getpid(),
                                   "time": time.time()}) + "\n")
@@ -64,16 +63,20 @@ def fired(point: str | None = None, row_id: str | None = None, fault: str | None
     """The firings logged so far, filtered by whichever of point, id and fault are given."""
     try:
         with open(os.environ["RENDER_FAULTS_LOG"]) as log:
-            entries = parsed(log)
+            return matching(parsed(log), point, row_id, fault)
     except FileNotFoundError:
         return []
-    return [e for e in entries if (point is None or e["point"] == point) and (row_id is None or e["id"] == row_id)
-            and (fault is None or e["fault"] == fault)]
 
 
 def parsed(log) -> list[dict]:
     """The firings in an open log."""
     return [json.loads(line) for line in log if line.strip()]
+
+
+def matching(entries: list[dict], point: str | None, row_id: str | None, fault: str | None) -> list[dict]:
+    """The firings among `entries` at `point`, for `row_id`, of `fault` (None: any)."""
+    return [e for e in entries if (point is None or e["point"] == point) and (row_id is None or e["id"] == row_id)
+            and (fault is None or e["fault"] == fault)]
 
 
 def strike(point: str, row_id: str, value, done: float):
